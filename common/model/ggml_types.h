@@ -43,6 +43,7 @@ enum class GgmlType : uint32_t {
   kBF16 = 30,
   kTQ1_0 = 34,
   kTQ2_0 = 35,
+  kMXFP4 = 39,
 };
 
 // Layout of one type: `block_size` elements are stored in `type_size` bytes.

@@ -8,7 +8,9 @@
 //
 // Every length, count, offset and size is checked against the buffer before use, so a
 // truncated or corrupt file yields INVALID_ARGUMENT naming what is wrong and where (byte
-// offset), never a crash or an unbounded allocation.
+// offset), never a crash or an unbounded allocation. Limits: metadata arrays hold at most 2^24
+// items and nest at most 8 deep; tensors have 1..4 dimensions. Only the padding after the last
+// tensor may be missing (as llama.cpp allows); every tensor's bytes must lie inside the file.
 #ifndef DUET_COMMON_MODEL_GGUF_H_
 #define DUET_COMMON_MODEL_GGUF_H_
 

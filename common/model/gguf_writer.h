@@ -40,8 +40,10 @@ class GgufWriter {
   // Total bytes the file will take.
   uint64_t FileSize() const;
 
-  // Writes the file (via a temporary and rename, so a failed write leaves no partial file).
-  // `progress`, if set, is called with bytes written so far.
+  // Writes the file (via path + ".tmp" and a rename, so a failed write leaves no partial
+  // file). Each fill callback runs once, one tensor at a time, into a buffer of that tensor's
+  // size. `progress`, if set, is called with bytes written so far. INVALID_ARGUMENT when the
+  // metadata is malformed (see Validate); a fill callback's error is returned as is.
   absl::Status WriteFile(const std::string& path,
                          const std::function<void(uint64_t done, uint64_t total)>& progress = {}) const;
   absl::StatusOr<std::vector<uint8_t>> WriteToBuffer() const;
@@ -55,7 +57,15 @@ class GgufWriter {
     FillFn fill;
   };
 
+  // general.alignment when it is a power-of-two uint32, else 32 (WriteFile then fails).
   uint64_t Alignment() const;
+  // Bytes before the data section, without its padding.
+  uint64_t HeaderBytes() const;
+  // INVALID_ARGUMENT for an empty key, a malformed general.alignment, or an array whose items do
+  // not all have its element type or that nests deeper than the reader accepts.
+  absl::Status Validate() const;
+  // Header, metadata and tensor infos, padded with zeros to the data section's start.
+  std::vector<uint8_t> EncodeHeader() const;
 
   std::vector<std::pair<std::string, GgufValue>> metadata_;
   std::vector<Tensor> tensors_;
