@@ -20,4 +20,12 @@ if [ -z "$model" ]; then
   fi
 fi
 "$duet" inspect "$model"
+echo "--- generating with $model (random weights: the text is noise, the pipeline is real)"
 "$duet" generate --model "$model" --prompt "Once upon a time" -n 32 --temperature 0 "$@"
+
+# The real trained TinyStories model, when ../shared is present, shows real text.
+stories=../shared/models/stories260K.gguf
+if [ -f "$stories" ]; then
+  echo "--- generating with $stories"
+  "$duet" generate --model "$stories" --prompt "Once upon a time" -n 64 --temperature 0
+fi
