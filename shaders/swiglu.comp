@@ -1,0 +1,24 @@
+#version 450
+// out = silu(gate) * up, silu(x) = x / (1 + exp(-x)) in f32 (cpu_ref::Silu).
+// out may alias gate or up.
+//   gate, up, out: f32 [n].   Launch: Groups1D(ceil(n / WG)).
+#include "common.glsl"
+
+// Workgroup size: specialization constant 0, default 256 (a power of two).
+layout(local_size_x_id = 0, local_size_x = 256) in;
+#define WG gl_WorkGroupSize.x
+
+layout(std430, set = 0, binding = 0) buffer Gate { float gate[]; };
+layout(std430, set = 0, binding = 1) buffer Up { float up[]; };
+layout(std430, set = 0, binding = 2) buffer Out { float out_[]; };
+
+layout(push_constant) uniform Push {
+  uint n;
+} pc;
+
+void main() {
+  const uint i = duet_group_index() * WG + gl_LocalInvocationID.x;
+  if (i >= pc.n) return;
+  const float g = gate[i];
+  out_[i] = (g / (1.0 + exp(-g))) * up[i];
+}
