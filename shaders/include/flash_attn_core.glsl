@@ -1,0 +1,293 @@
+// The FlashAttention-2 core shared by flash_attn_prefill.comp and paged_attn_decode.comp.
+//
+// A workgroup owns one query tile for one KV head: the query positions
+// [tile_pos, tile_pos + Q_POS) of one sequence times the GROUP query heads that share the KV
+// head (grouped-query attention: query head h uses KV head h / GROUP). Row r of the tile is
+// position tile_pos + r / GROUP, query head kv_head * GROUP + r % GROUP. Tiles are aligned to
+// absolute positions (tile_pos % Q_POS == 0), so a row's arithmetic does not depend on how a
+// prompt was split into chunks or what else is in the batch.
+//
+// The workgroup walks key tiles of BC positions (aligned to multiples of BC) over a key range,
+// staging K and V in shared memory as f32 (dequantized once, on load). Each row belongs to
+// LANES consecutive invocations that split head_dim between them (lane l holds the vec4s
+// l, l + LANES, ... of q and of the output accumulator, in registers) and combine partial dot
+// products with subgroupShuffleXor. Per row and key tile: the scores (in shared memory, one
+// column per invocation) and their max, then the online-softmax update (running max m and sum
+// l, accumulator rescaled by exp(m_old - m_new)) and acc += p * V. The rows x keys score matrix
+// of the whole range is never stored.
+//   GPUs: LANES = 8 keeps q and acc at a few registers per thread.
+//   CPU drivers (lavapipe, an 8-lane SIMD subgroup): LANES = 1 when a tile has >= 8 rows, so
+//   rows advance in lockstep with no cross-lane traffic; fewer rows (decode) spread each row
+//   over the spare lanes.
+//
+// Which value a key has (common/kv/paged_kv.h): keys < num_cached are read from the cache, keys
+// >= num_cached from the step's pending rows (k_new, v_new), rounded as the cache will store
+// them (f16 for KV_F16 and KV_FP8, exact for KV_F32). For KV_FP8, keys in blocks before the
+// query tile's own block read the sealed FP8 block (code * scale); keys in the own block read
+// f16 (the tail when committed). REQUIRES (host, KV_FP8): BLOCK_SIZE % Q_POS == 0, so a query
+// tile lies in one block. Key tiles entirely in the pool or entirely pending take straight-line
+// load paths; tiles that mix sources go through the general per-key path.
+//
+// REQUIRES (host): WG >= Q_POS * GROUP * LANES, WG % LANES == 0, LANES a power of two
+// <= the subgroup size dividing HEAD_DIM / 4.
+//
+// The including shader declares push constants `pc` with at least num_heads, num_kv_heads,
+// layer, num_layers (uint) and scale (float, 1/sqrt(head_dim)), and its outputs (bindings 9+).
+#ifndef DUET_FLASH_ATTN_CORE_GLSL_
+#define DUET_FLASH_ATTN_CORE_GLSL_
+
+#include "fp8.glsl"
+#include "kv_cache.glsl"
+
+layout(constant_id = 0) const uint WG = 64;
+layout(constant_id = 1) const uint HEAD_DIM = 64;
+layout(constant_id = 2) const uint Q_POS = 16;   // query positions per tile
+layout(constant_id = 3) const uint GROUP = 1;    // query heads per KV head
+layout(constant_id = 4) const uint BC = 16;      // keys per tile
+layout(constant_id = 5) const uint BLOCK_SIZE = 16;
+layout(constant_id = 6) const uint LANES = 1;    // invocations per row
+layout(local_size_x_id = 0) in;
+
+const uint D4 = HEAD_DIM / 4u;
+const uint DL = D4 / LANES;   // vec4s of a row per lane
+const uint R = Q_POS * GROUP; // rows per tile
+
+// Masked scores and the initial running max. Finite, so no inf arithmetic is needed.
+const float kNeg = -1.0e30;
+const float kNegHalf = -0.5e30;
+
+layout(std430, set = 0, binding = 0) readonly buffer Q { vec4 q_in[]; };
+layout(std430, set = 0, binding = 1) readonly buffer KNew { vec4 k_new[]; };
+layout(std430, set = 0, binding = 2) readonly buffer VNew { vec4 v_new[]; };
+#if defined(KV_F32)
+layout(std430, set = 0, binding = 3) readonly buffer KCache { vec4 k_cache[]; };
+layout(std430, set = 0, binding = 4) readonly buffer VCache { vec4 v_cache[]; };
+#elif defined(KV_F16)
+layout(std430, set = 0, binding = 3) readonly buffer KCache { uvec2 k_cache[]; };
+layout(std430, set = 0, binding = 4) readonly buffer VCache { uvec2 v_cache[]; };
+#elif defined(KV_FP8)
+layout(std430, set = 0, binding = 3) readonly buffer KCache { uint k_cache[]; };
+layout(std430, set = 0, binding = 4) readonly buffer VCache { uint v_cache[]; };
+#else
+#error "define one of KV_F32, KV_F16, KV_FP8"
+#endif
+layout(std430, set = 0, binding = 5) readonly buffer KScales { float k_scales[]; };
+layout(std430, set = 0, binding = 6) readonly buffer VScales { float v_scales[]; };
+layout(std430, set = 0, binding = 7) readonly buffer Tail { uvec2 tail[]; };
+layout(std430, set = 0, binding = 8) readonly buffer Seqs { uint seqs[]; };
+
+shared vec4 k_tile[BC * D4];
+shared vec4 v_tile[BC * D4];
+// Scores, then probabilities, of the current key tile: [BC][WG], one column per invocation
+// (consecutive invocations at consecutive addresses).
+shared float p_tile[BC * WG];
+
+// The sequence and tile a workgroup works on.
+struct AttnTile {
+  uint q_offset;  // batch row of the sequence's first pending position
+  uint cached;    // num_cached
+  uint end;       // num_cached + num_new
+  uint tail_slot;
+  uint table;     // word index of the block table in seqs[]
+  uint kv_head;
+  uint tile_pos;  // first position of the query tile (multiple of Q_POS)
+};
+
+AttnTile duet_load_tile(uint s, uint kv_head, uint tile_index) {
+  const uint base = s * DUET_SEQ_WORDS;
+  AttnTile t;
+  t.q_offset = seqs[base + DUET_SEQ_Q_OFFSET];
+  t.cached = seqs[base + DUET_SEQ_NUM_CACHED];
+  t.end = t.cached + seqs[base + DUET_SEQ_NUM_NEW];
+  t.tail_slot = seqs[base + DUET_SEQ_TAIL_SLOT];
+  t.table = seqs[base + DUET_SEQ_TABLE_OFFSET];
+  t.kv_head = kv_head;
+  t.tile_pos = (t.cached / Q_POS + tile_index) * Q_POS;
+  return t;
+}
+
+// This invocation's row: its query, running state and output accumulator (private globals:
+// arrays sized by specialization constants cannot live in structs that are copied).
+int row_pos;       // position, -1 for lanes without a row in the step
+uint row_head;     // query head
+uint row_lane;     // 0..LANES-1: which vec4s of the row this invocation holds
+float row_m;       // running max of the scores
+float row_l;       // running sum of exp(score - m)
+vec4 row_q[DL];    // row_q[i] = query vec4 (lane + i * LANES), pre-scaled by pc.scale
+vec4 row_acc[DL];  // sum of p * v over the keys so far, same vec4s
+
+// Four E4M3 codes (byte 0 first) as floats.
+vec4 duet_fp8x4_to_vec4(uint word) {
+  return vec4(duet_fp8_e4m3_to_f32(word & 0xffu), duet_fp8_e4m3_to_f32((word >> 8u) & 0xffu),
+              duet_fp8_e4m3_to_f32((word >> 16u) & 0xffu), duet_fp8_e4m3_to_f32(word >> 24u));
+}
+
+// The cache entry (pool) of K (part 0) or V (part 1) at `key`, four elements at vec4 d4.
+vec4 duet_load_pool(AttnTile t, uint part, uint key, uint d4) {
+  const uint block = seqs[t.table + key / BLOCK_SIZE];
+  const uint at = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
+#if defined(KV_FP8)
+  const uint word = part == 0u ? k_cache[at] : v_cache[at];
+  const float scale = part == 0u ? k_scales[block * pc.num_kv_heads + t.kv_head]
+                                 : v_scales[block * pc.num_kv_heads + t.kv_head];
+  return duet_fp8x4_to_vec4(word) * scale;
+#elif defined(KV_F16)
+  return duet_unpack_f16x4(part == 0u ? k_cache[at] : v_cache[at]);
+#else
+  return part == 0u ? k_cache[at] : v_cache[at];
+#endif
+}
+
+// A pending row's K or V at `key` (>= t.cached), rounded as the cache stores it.
+vec4 duet_load_pending(AttnTile t, uint part, uint key, uint d4) {
+  const uint src = ((t.q_offset + key - t.cached) * pc.num_kv_heads + t.kv_head) * D4 + d4;
+  const vec4 v = part == 0u ? k_new[src] : v_new[src];
+#if defined(KV_F32)
+  return v;
+#else
+  return duet_round_f16x4(v);
+#endif
+}
+
+// Any key, by the rules in the file comment.
+vec4 duet_load_kv(AttnTile t, uint part, uint key, uint d4) {
+#if defined(KV_FP8)
+  if (key / BLOCK_SIZE < t.tile_pos / BLOCK_SIZE) return duet_load_pool(t, part, key, d4);
+  if (key < t.cached) {
+    const uint at = ((((t.tail_slot * pc.num_layers + pc.layer) * 2u + part) * pc.num_kv_heads +
+                      t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
+    return duet_unpack_f16x4(tail[at]);
+  }
+#else
+  if (key < t.cached) return duet_load_pool(t, part, key, d4);
+#endif
+  return duet_load_pending(t, part, key, d4);
+}
+
+void duet_begin_row(AttnTile t) {
+  const uint tid = gl_LocalInvocationID.x;
+  const uint r = tid / LANES;
+  row_lane = tid % LANES;
+  const uint pos = t.tile_pos + r / GROUP;
+  const bool valid = r < R && pos >= t.cached && pos < t.end;
+  row_pos = valid ? int(pos) : -1;
+  row_head = t.kv_head * GROUP + r % GROUP;
+  row_m = kNeg;
+  row_l = 0.0;
+  [[unroll]] for (uint i = 0u; i < DL; ++i) {
+    row_q[i] = vec4(0.0);
+    row_acc[i] = vec4(0.0);
+  }
+  if (valid) {
+    const uint base = ((t.q_offset + pos - t.cached) * pc.num_heads + row_head) * D4 + row_lane;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) row_q[i] = q_in[base + i * LANES] * pc.scale;
+  }
+}
+
+// How a key tile is read: all from the pool, all pending, or key by key (mixed or partial).
+const uint kFromPool = 0u;
+const uint kFromPending = 1u;
+const uint kMixed = 2u;
+
+uint duet_tile_source(AttnTile t, uint k0, uint key_begin, uint key_end) {
+  const bool inside = k0 >= key_begin && k0 + BC <= key_end;
+#if defined(KV_FP8)
+  const uint own_block = t.tile_pos / BLOCK_SIZE;
+  if (inside && (k0 + BC - 1u) / BLOCK_SIZE < own_block) return kFromPool;
+  if (inside && k0 >= t.cached && k0 / BLOCK_SIZE >= own_block) return kFromPending;
+#else
+  if (inside && k0 + BC <= t.cached) return kFromPool;
+  if (inside && k0 >= t.cached) return kFromPending;
+#endif
+  return kMixed;
+}
+
+// Stages keys [k0, k0 + BC) of K and V in shared memory.
+void duet_stage_tile(AttnTile t, uint source, uint k0, uint key_begin, uint key_end) {
+  const uint tid = gl_LocalInvocationID.x;
+  if (source == kFromPool && BLOCK_SIZE % BC == 0u) {
+    // The tile lies in one block: look its id (and FP8 scales) up once.
+    const uint block = seqs[t.table + k0 / BLOCK_SIZE];
+    const uint first = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + k0 % BLOCK_SIZE) * D4;
+#if defined(KV_FP8)
+    const float k_scale = k_scales[block * pc.num_kv_heads + t.kv_head];
+    const float v_scale = v_scales[block * pc.num_kv_heads + t.kv_head];
+#endif
+    for (uint e = tid; e < BC * D4; e += WG) {
+#if defined(KV_FP8)
+      k_tile[e] = duet_fp8x4_to_vec4(k_cache[first + e]) * k_scale;
+      v_tile[e] = duet_fp8x4_to_vec4(v_cache[first + e]) * v_scale;
+#elif defined(KV_F16)
+      k_tile[e] = duet_unpack_f16x4(k_cache[first + e]);
+      v_tile[e] = duet_unpack_f16x4(v_cache[first + e]);
+#else
+      k_tile[e] = k_cache[first + e];
+      v_tile[e] = v_cache[first + e];
+#endif
+    }
+  } else if (source == kFromPool) {
+    for (uint e = tid; e < BC * D4; e += WG) {
+      k_tile[e] = duet_load_pool(t, 0u, k0 + e / D4, e % D4);
+      v_tile[e] = duet_load_pool(t, 1u, k0 + e / D4, e % D4);
+    }
+  } else if (source == kFromPending) {
+    for (uint e = tid; e < BC * D4; e += WG) {
+      k_tile[e] = duet_load_pending(t, 0u, k0 + e / D4, e % D4);
+      v_tile[e] = duet_load_pending(t, 1u, k0 + e / D4, e % D4);
+    }
+  } else {
+    // Keys outside [key_begin, key_end) are zeros (finite, so p * v stays 0 for them).
+    for (uint e = tid; e < BC * D4; e += WG) {
+      const uint key = k0 + e / D4;
+      vec4 k = vec4(0.0);
+      vec4 v = vec4(0.0);
+      if (key >= key_begin && key < key_end) {
+        k = duet_load_kv(t, 0u, key, e % D4);
+        v = duet_load_kv(t, 1u, key, e % D4);
+      }
+      k_tile[e] = k;
+      v_tile[e] = v;
+    }
+  }
+}
+
+// Folds keys [key_begin, key_end) into the row's running state (each row also masks keys after
+// its own position).
+void duet_attend(AttnTile t, uint key_begin, uint key_end) {
+  const uint tid = gl_LocalInvocationID.x;
+  for (uint k0 = key_begin / BC * BC; k0 < key_end; k0 += BC) {
+    const uint source = duet_tile_source(t, k0, key_begin, key_end);
+    duet_stage_tile(t, source, k0, key_begin, key_end);
+    barrier();
+    // Scores of the tile's keys (masked: kNeg) and their max.
+    float m_new = row_m;
+    for (uint j = 0u; j < BC; ++j) {
+      const uint key = k0 + j;
+      float dot_qk = 0.0;
+      [[unroll]] for (uint i = 0u; i < DL; ++i) {
+        dot_qk += dot(row_q[i], k_tile[j * D4 + row_lane + i * LANES]);
+      }
+      for (uint o = LANES / 2u; o > 0u; o /= 2u) dot_qk += subgroupShuffleXor(dot_qk, o);
+      const bool visible = key >= key_begin && key < key_end && int(key) <= row_pos;
+      const float s = visible ? dot_qk : kNeg;
+      p_tile[j * WG + tid] = s;
+      m_new = max(m_new, s);
+    }
+    // Rescale the running state to the new max, then add this tile's p * V.
+    const float alpha = row_m <= kNegHalf ? 0.0 : exp(row_m - m_new);
+    row_l *= alpha;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) row_acc[i] *= alpha;
+    for (uint j = 0u; j < BC; ++j) {
+      const float s = p_tile[j * WG + tid];
+      const float p = s <= kNegHalf ? 0.0 : exp(s - m_new);
+      row_l += p;
+      [[unroll]] for (uint i = 0u; i < DL; ++i) {
+        row_acc[i] += p * v_tile[j * D4 + row_lane + i * LANES];
+      }
+    }
+    row_m = m_new;
+    barrier();
+  }
+}
+
+#endif  // DUET_FLASH_ATTN_CORE_GLSL_

@@ -1,0 +1,48 @@
+#version 450
+// Split-K ("flash-decoding") attention for a batch of sequences with few pending positions each
+// (1 for a decode step, k + 1 for speculative verification: query i attends causally up to its
+// own position num_cached + i). The keys 0..end-1 are cut into partitions of part_size positions
+// (aligned to absolute positions, so a sequence's result does not depend on its batch); each
+// workgroup folds one partition for one query tile and one KV head (include/flash_attn_core.glsl)
+// and writes unnormalized partial results, which paged_attn_reduce.comp combines.
+//   q, k_new, v_new, k_cache, v_cache, k_scales, v_scales, tail, seqs: as flash_attn_prefill.comp
+//   partial_acc: f32 [rows, num_heads, max_parts, head_dim]  (sum of p * v, relative to m)
+//   partial_ml:  f32 [rows, num_heads, max_parts, 2]         (m = max score, l = sum of p)
+//   Launch: (max_parts, num_kv_heads * max query tiles per sequence, num_seqs).
+//   REQUIRES: part_size % BC == 0; max_parts >= ceil(end / part_size) for every sequence.
+#extension GL_KHR_shader_subgroup_shuffle : require
+#extension GL_EXT_control_flow_attributes : require
+
+layout(push_constant) uniform Push {
+  uint num_heads;
+  uint num_kv_heads;
+  uint layer;
+  uint num_layers;
+  float scale;  // 1 / sqrt(head_dim)
+  uint part_size;
+  uint max_parts;
+} pc;
+
+#include "flash_attn_core.glsl"
+
+layout(std430, set = 0, binding = 9) writeonly buffer PartialAcc { vec4 partial_acc[]; };
+layout(std430, set = 0, binding = 10) writeonly buffer PartialMl { vec2 partial_ml[]; };
+
+void main() {
+  const uint kv_head = gl_WorkGroupID.y % pc.num_kv_heads;
+  const AttnTile t = duet_load_tile(gl_WorkGroupID.z, kv_head, gl_WorkGroupID.y / pc.num_kv_heads);
+  if (t.tile_pos >= t.end) return;  // uniform per workgroup
+  const uint keys_end = min(t.end, t.tile_pos + Q_POS);
+  const uint part = gl_WorkGroupID.x;
+  const uint part_begin = part * pc.part_size;
+  if (part_begin >= keys_end) return;
+  duet_begin_row(t);
+  duet_attend(t, part_begin, min(part_begin + pc.part_size, keys_end));
+  if (row_pos < 0) return;
+  const uint out_row = t.q_offset + uint(row_pos) - t.cached;
+  const uint at = (out_row * pc.num_heads + row_head) * pc.max_parts + part;
+  [[unroll]] for (uint i = 0u; i < DL; ++i) {
+    partial_acc[at * D4 + row_lane + i * LANES] = row_acc[i];
+  }
+  if (row_lane == 0u) partial_ml[at] = vec2(row_m, row_l);
+}
