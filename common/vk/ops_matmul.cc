@@ -1,0 +1,341 @@
+#include "common/vk/ops_matmul.h"
+
+#include <algorithm>
+#include <iterator>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
+#include "common/base/status.h"
+#include "common/vk/device.h"
+
+namespace duet::vk {
+namespace {
+
+// Push-constant blocks; each mirrors the `Push` block of its shader.
+struct MatVecPush {
+  uint32_t in_dim;
+  uint32_t rows;
+  uint32_t row_bytes;
+  uint32_t x_stride;
+  uint32_t x_offset;
+  uint32_t y_stride;
+  uint32_t y_offset;
+};
+DUET_VK_PUSH_CONSTANTS(MatVecPush);
+
+struct MatMulPush {
+  uint32_t in_dim;
+  uint32_t rows;
+  uint32_t row_bytes;
+  uint32_t x_stride;
+  uint32_t x_offset;
+  uint32_t y_stride;
+  uint32_t y_offset;
+  uint32_t n_tokens;
+};
+DUET_VK_PUSH_CONSTANTS(MatMulPush);
+
+// matvec.comp keeps NUM_VECS sums per row in registers; larger batches take several dispatches.
+constexpr int64_t kMaxVecsPerDispatch = 8;
+// Element indices and byte offsets in the shaders are 32-bit.
+constexpr uint64_t kMaxIndexBytes = uint64_t{1} << 31;
+
+uint64_t U64(int64_t v) { return static_cast<uint64_t>(v); }
+uint32_t U32(int64_t v) { return static_cast<uint32_t>(v); }
+uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+absl::StatusOr<KernelId> MatVecKernel(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+      return KernelId::kMatvecF32;
+    case GgmlType::kF16:
+      return KernelId::kMatvecF16;
+    case GgmlType::kQ8_0:
+      return KernelId::kMatvecQ8_0;
+    case GgmlType::kQ4_0:
+      return KernelId::kMatvecQ4_0;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RecordMatMul: no kernel for weight type ", std::string(GgmlTypeName(type))));
+  }
+}
+
+absl::StatusOr<KernelId> MatMulKernel(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+      return KernelId::kMatmulF32;
+    case GgmlType::kF16:
+      return KernelId::kMatmulF16;
+    case GgmlType::kQ8_0:
+      return KernelId::kMatmulQ8_0;
+    case GgmlType::kQ4_0:
+      return KernelId::kMatmulQ4_0;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RecordMatMul: no kernel for weight type ", std::string(GgmlTypeName(type))));
+  }
+}
+
+// The bindable window of an f32 tensor for elements [first, end): a view that starts aligned
+// (at or before `first`) and ends at a 16-byte multiple, and the element offset of `first`
+// inside it.
+struct Window {
+  BufferView view;
+  uint32_t offset = 0;  // elements
+};
+
+Window MakeWindow(BufferView whole, uint64_t first, uint64_t end, uint64_t align) {
+  const uint64_t lo = first * 4 / align * align;
+  const uint64_t hi = std::min(RoundUp(end * 4, kMatMulAlignment), whole.size);
+  return Window{whole.Sub(lo, hi - lo), static_cast<uint32_t>(first - lo / 4)};
+}
+
+// Tokens per dispatch such that every window of x and y fits in `range` bytes (with room for
+// the alignment slack at both ends). 0 when not even one token fits.
+int64_t TokensPerDispatch(uint64_t range, uint64_t align, int64_t x_stride, int64_t cols,
+                          int64_t y_stride, int64_t y_cols) {
+  const uint64_t usable = range > align + kMatMulAlignment ? range - align - kMatMulAlignment : 0;
+  const auto fit = [&](int64_t stride, int64_t last) -> int64_t {
+    const uint64_t last_bytes = U64(last) * 4;
+    if (last_bytes > usable) return 0;
+    return static_cast<int64_t>((usable - last_bytes) / (U64(stride) * 4)) + 1;
+  };
+  return std::min(fit(x_stride, cols), fit(y_stride, y_cols));
+}
+
+}  // namespace
+
+uint64_t MatMulWeightBytes(GgmlType type, int64_t rows, int64_t cols) {
+  return RoundUp(U64(rows) * U64(GgmlRowBytes(type, cols)), kMatMulAlignment);
+}
+
+uint64_t MatMulActivationBytes(int64_t n, int64_t stride, int64_t cols) {
+  return RoundUp((U64(n - 1) * U64(stride) + U64(cols)) * 4, kMatMulAlignment);
+}
+
+MatMulConfig DefaultMatMulConfig(const Device& device) {
+  MatMulConfig config;
+  const DeviceLimits& limits = device.limits();
+  if (device.info().type == DeviceType::kCpu) {
+    // lavapipe: one SIMD register is one subgroup; a lane per row with four rows in flight, and
+    // small register tiles read straight from the buffers (docs/performance.md).
+    config.matvec_workgroup = 64;
+    config.matvec_k_lanes = 1;
+    config.matvec_rows_per_lane = 4;
+    config.matvec_x_broadcast = true;
+    config.tile_rows = 32;
+    config.tile_tokens = 32;
+    config.thread_rows = 8;
+    config.thread_tokens = 8;
+    config.shared_tiles = false;
+  } else {
+    // GPUs: 16 lanes per row (or the whole subgroup when smaller) read neighbouring blocks;
+    // 64 x 64 tiles through shared memory, 4 x 4 per invocation (256 invocations).
+    const uint32_t subgroup = std::max<uint32_t>(limits.subgroup_size, 1);
+    config.matvec_k_lanes = std::min<uint32_t>(16, subgroup);
+    config.matvec_workgroup = std::max<uint32_t>(128, subgroup);
+    config.matvec_rows_per_lane = 1;
+    config.tile_rows = 64;
+    config.tile_tokens = 64;
+    config.thread_rows = 4;
+    config.thread_tokens = 4;
+    config.shared_tiles = true;
+  }
+  return config;
+}
+
+absl::Status ValidateMatMulConfig(const Device& device, const MatMulConfig& c) {
+  const DeviceLimits& limits = device.limits();
+  const auto bad = [](auto... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMulConfig: ", parts...));
+  };
+  if (c.matvec_max_tokens < 0) return bad("matvec_max_tokens < 0");
+  if (c.matvec_workgroup == 0 || c.matvec_workgroup > limits.max_workgroup_invocations) {
+    return bad("matvec_workgroup ", c.matvec_workgroup, " outside [1, ",
+               limits.max_workgroup_invocations, "]");
+  }
+  if (limits.subgroup_size > 0 && c.matvec_workgroup % limits.subgroup_size != 0) {
+    return bad("matvec_workgroup ", c.matvec_workgroup, " is not a multiple of the subgroup size ",
+               limits.subgroup_size);
+  }
+  if (!IsPowerOfTwo(c.matvec_k_lanes) || c.matvec_k_lanes > c.matvec_workgroup ||
+      (limits.subgroup_size > 0 && c.matvec_k_lanes > limits.subgroup_size)) {
+    return bad("matvec_k_lanes ", c.matvec_k_lanes,
+               " must be a power of two <= the subgroup size and the workgroup");
+  }
+  if (c.matvec_rows_per_lane == 0 || c.matvec_rows_per_lane > 16) {
+    return bad("matvec_rows_per_lane ", c.matvec_rows_per_lane, " outside [1, 16]");
+  }
+  if (c.thread_rows == 0 || c.thread_tokens == 0 || c.tile_rows % c.thread_rows != 0 ||
+      c.tile_tokens % c.thread_tokens != 0) {
+    return bad("tile ", c.tile_rows, "x", c.tile_tokens, " is not a multiple of the thread tile ",
+               c.thread_rows, "x", c.thread_tokens);
+  }
+  const uint64_t wg = U64(c.tile_rows / c.thread_rows) * (c.tile_tokens / c.thread_tokens);
+  if (wg > limits.max_workgroup_invocations || wg > limits.max_workgroup_size[0]) {
+    return bad("matmul workgroup ", wg, " exceeds the device limit");
+  }
+  if (c.shared_tiles && (U64(c.tile_rows) + c.tile_tokens) * 9 * 16 > limits.max_shared_memory_bytes) {
+    return bad("tiles ", c.tile_rows, "x", c.tile_tokens, " need more than ",
+               limits.max_shared_memory_bytes, " bytes of shared memory");
+  }
+  return absl::OkStatus();
+}
+
+std::string MatMulKernelName(const MatMulConfig& config, int64_t n_tokens) {
+  return n_tokens <= config.matvec_max_tokens ? "matvec" : "matmul";
+}
+
+absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                          BufferView x, BufferView y, int64_t n_tokens,
+                          const MatMulLayout& layout, const MatMulConfig* config_in) {
+  constexpr const char* kOp = "RecordMatMul";
+  const Device& device = kernels.device();
+  const MatMulConfig config = config_in != nullptr ? *config_in : DefaultMatMulConfig(device);
+  DUET_RETURN_IF_ERROR(ValidateMatMulConfig(device, config));
+  const bool use_matvec = n_tokens <= config.matvec_max_tokens;
+  DUET_ASSIGN_OR_RETURN(const KernelId id, use_matvec ? MatVecKernel(w.type) : MatMulKernel(w.type));
+
+  // Shapes and layout.
+  if (w.rows <= 0 || w.cols <= 0 || n_tokens <= 0 || w.rows > INT32_MAX || w.cols > INT32_MAX ||
+      n_tokens > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": rows ", w.rows, ", cols ", w.cols,
+                                                   ", n_tokens ", n_tokens, " must be in [1, 2^31)"));
+  }
+  const int64_t block = TraitsOf(w.type).block_size;
+  if (w.cols % block != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": cols ", w.cols, " of a ",
+                                                   std::string(GgmlTypeName(w.type)),
+                                                   " weight is not a multiple of ", block));
+  }
+  const int64_t x_stride = layout.x_stride == 0 ? w.cols : layout.x_stride;
+  const int64_t y_stride = layout.y_stride == 0 ? w.rows : layout.y_stride;
+  if (x_stride < w.cols || layout.y_column < 0 || y_stride < layout.y_column + w.rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": x_stride ", x_stride, " < cols ", w.cols, " or y_stride ", y_stride,
+        " < y_column ", layout.y_column, " + rows ", w.rows));
+  }
+
+  // Views.
+  const DeviceLimits& limits = device.limits();
+  const uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
+  const int64_t row_bytes = GgmlRowBytes(w.type, w.cols);
+  if (w.data.offset % align != 0 || x.offset % align != 0 || y.offset % align != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": weight, x and y views must start at multiples of ", align));
+  }
+  if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": weight view holds ", w.data.size, " bytes, needs ",
+        MatMulWeightBytes(w.type, w.rows, w.cols), " (rows padded to 16 bytes)"));
+  }
+  if (x.size < MatMulActivationBytes(n_tokens, x_stride, w.cols)) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": x holds ", x.size, " bytes, needs ",
+                                                   MatMulActivationBytes(n_tokens, x_stride, w.cols)));
+  }
+  const uint64_t y_needed = (U64(n_tokens - 1) * U64(y_stride) + U64(layout.y_column + w.rows)) * 4;
+  if (y.size < y_needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": y holds ", y.size, " bytes, needs ", y_needed));
+  }
+
+  // Weight chunks: whole rows, starting aligned, each padded to 16 bytes inside the view.
+  const uint64_t range = std::min<uint64_t>(limits.max_storage_buffer_range, kMaxIndexBytes);
+  const uint64_t w_range =
+      config.max_chunk_bytes > 0 ? std::min(range, config.max_chunk_bytes) : range;
+  if (w_range <= kMatMulAlignment) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": bindable range ", w_range, " too small"));
+  }
+  DUET_ASSIGN_OR_RETURN(
+      std::vector<RowChunk> chunks,
+      SplitRows(w.data.Sub(0, U64(w.rows) * U64(row_bytes)), w.rows, row_bytes,
+                w_range - kMatMulAlignment, align));
+  for (RowChunk& chunk : chunks) {
+    const uint64_t rel = chunk.view.offset - w.data.offset;
+    chunk.view = w.data.Sub(rel, std::min(RoundUp(chunk.view.size, kMatMulAlignment),
+                                          w.data.size - rel));
+  }
+
+  // Token groups: at most kMaxVecsPerDispatch for matvec, else as many as x and y windows allow.
+  const int64_t per_dispatch = std::min<int64_t>(
+      use_matvec ? kMaxVecsPerDispatch : INT32_MAX,
+      TokensPerDispatch(range, align, x_stride, w.cols, y_stride, layout.y_column + w.rows));
+  if (per_dispatch <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": one token of x or y exceeds the bindable range ", range));
+  }
+
+  // Specializations that drop the misaligned-load paths: x vectors starting at multiples of 4
+  // elements (window offsets keep that), plain-float rows starting at multiples of 16 bytes.
+  const uint32_t x_aligned = x_stride % 4 == 0 ? 1 : 0;
+  const uint32_t w_aligned = row_bytes % 16 == 0 ? 1 : 0;
+  // One x load per subgroup, handed out by subgroupBroadcast (matvec.comp, X_BROADCAST).
+  const uint32_t x_broadcast =
+      config.matvec_x_broadcast && config.matvec_k_lanes == 1 && limits.subgroup_size >= 8 ? 1
+                                                                                           : 0;
+  // Quantized variants never read W_ALIGNED (the last constant), so their SPIR-V lacks it.
+  const size_t drop = TraitsOf(w.type).block_size > 1 ? 1 : 0;
+  const uint32_t max_x = limits.max_workgroup_count[0];
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += per_dispatch) {
+    const int64_t count = std::min(per_dispatch, n_tokens - t0);
+    const Window xw = MakeWindow(x, U64(t0) * U64(x_stride),
+                                 U64(t0 + count - 1) * U64(x_stride) + U64(w.cols), align);
+    const uint64_t y_first = U64(t0) * U64(y_stride) + U64(layout.y_column);
+    const Window yw = MakeWindow(y, y_first, y_first + U64(count - 1) * U64(y_stride) + U64(w.rows),
+                                 align);
+    const Pipeline* pipeline = nullptr;
+    if (use_matvec) {
+      const uint32_t spec[] = {config.matvec_workgroup,
+                               config.matvec_k_lanes,
+                               U32(count),
+                               config.matvec_rows_per_lane,
+                               x_aligned,
+                               x_broadcast,
+                               w_aligned};
+      DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatVecPush>(
+                                          id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
+    } else {
+      const uint32_t wg = (config.tile_rows / config.thread_rows) *
+                          (config.tile_tokens / config.thread_tokens);
+      const uint32_t spec[] = {wg,
+                               config.tile_rows,
+                               config.tile_tokens,
+                               config.thread_rows,
+                               config.thread_tokens,
+                               config.shared_tiles ? 1u : 0u,
+                               x_aligned,
+                               w_aligned};
+      DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatMulPush>(
+                                          id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
+    }
+    for (const RowChunk& chunk : chunks) {
+      const uint32_t y_offset = yw.offset + U32(chunk.first_row);
+      if (use_matvec) {
+        const MatVecPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
+                              xw.offset, U32(y_stride), y_offset};
+        const uint64_t rows_per_group = U64(config.matvec_rows_per_lane) *
+                                        (config.matvec_workgroup / config.matvec_k_lanes);
+        DUET_RETURN_IF_ERROR(cl.Dispatch(
+            *pipeline, {chunk.view, xw.view, yw.view}, push,
+            Groups1D((U64(chunk.num_rows) + rows_per_group - 1) / rows_per_group, max_x)));
+      } else {
+        const MatMulPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
+                              xw.offset, U32(y_stride), y_offset, U32(count)};
+        const uint64_t row_tiles = (U64(chunk.num_rows) + config.tile_rows - 1) / config.tile_rows;
+        const uint64_t token_tiles = (U64(count) + config.tile_tokens - 1) / config.tile_tokens;
+        if (row_tiles > max_x || token_tiles > limits.max_workgroup_count[1]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              kOp, ": ", row_tiles, " x ", token_tiles, " tiles exceed the workgroup count limit"));
+        }
+        DUET_RETURN_IF_ERROR(cl.Dispatch(*pipeline, {chunk.view, xw.view, yw.view}, push,
+                                         Groups{U32(row_tiles), U32(token_tiles), 1}));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace duet::vk

@@ -1,0 +1,106 @@
+// Host-side launches of the matrix kernels: shaders/matvec.comp (decode: a few activation
+// vectors) and shaders/matmul.comp (prefill: many tokens), for GGUF weights stored as F32, F16,
+// Q8_0 or Q4_0 and dequantized on the fly.
+//
+//   y[t, r] = sum_c w[r, c] * x[t, c]      t < n_tokens, r < w.rows, c < w.cols
+//
+// Weights keep their GGUF layout: `rows` rows (ggml ne[1], output features) of `cols` elements
+// (ggml ne[0], input features), each row GgmlRowBytes(type, cols) bytes, rows back to back.
+// Weights larger than maxStorageBufferRange are bound chunk by chunk (one dispatch per chunk of
+// whole rows, writing its rows of y at an offset).
+#ifndef DUET_COMMON_VK_OPS_MATMUL_H_
+#define DUET_COMMON_VK_OPS_MATMUL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/model/ggml_types.h"
+#include "common/vk/buffer.h"
+#include "common/vk/command_list.h"
+#include "common/vk/pipeline.h"
+
+namespace duet::vk {
+
+class Device;
+
+// The kernels read weights and activations in aligned 16-byte units, so buffers carry padding.
+inline constexpr uint64_t kMatMulAlignment = 16;
+
+// Bytes a weight of `rows` x `cols` elements of `type` needs in its buffer: the encoded rows,
+// rounded up to a multiple of kMatMulAlignment (the kernels may read the padding, never use it).
+// REQUIRES: cols % block size == 0.
+uint64_t MatMulWeightBytes(GgmlType type, int64_t rows, int64_t cols);
+
+// Bytes an f32 activation [n, stride] (last row `cols` long) needs, rounded up likewise.
+uint64_t MatMulActivationBytes(int64_t n, int64_t stride, int64_t cols);
+
+// A weight matrix in device memory.
+struct WeightView {
+  GgmlType type = GgmlType::kF32;  // kF32, kF16, kQ8_0 or kQ4_0
+  int64_t rows = 0;                // output features
+  int64_t cols = 0;                // input features; a multiple of 32 for Q8_0 and Q4_0
+  // The encoded rows. REQUIRES: data.offset is a multiple of kMatMulAlignment and of the
+  // device's minStorageBufferOffsetAlignment, data.size >= MatMulWeightBytes(type, rows, cols).
+  BufferView data;
+};
+
+// Strides of x and y in elements (0: dense). A y_stride larger than w.rows with y_column > 0
+// writes into a column slice of a wider output (e.g. one head group of a fused projection).
+struct MatMulLayout {
+  int64_t x_stride = 0;  // elements between tokens of x; 0 = w.cols
+  int64_t y_stride = 0;  // elements between tokens of y; 0 = w.rows
+  int64_t y_column = 0;  // y[t, r] is stored at y[t * y_stride + y_column + r]
+};
+
+// Launch shapes, chosen per device class and overridable (tests, tuning). The defaults are
+// DefaultMatMulConfig(device); docs/performance.md records how they were tuned.
+struct MatMulConfig {
+  // Decode kernel (matvec.comp).
+  int64_t matvec_max_tokens = 8;    // n_tokens <= this uses matvec (larger: matmul)
+  uint32_t matvec_workgroup = 64;   // invocations; a multiple of the subgroup size
+  uint32_t matvec_k_lanes = 1;      // lanes sharing one row: power of two <= subgroup size
+  uint32_t matvec_rows_per_lane = 2;
+  // With matvec_k_lanes == 1 (and subgroups of >= 8 lanes): each x vec4 is loaded by one lane
+  // and shared with subgroupBroadcast, for devices where buffer loads cost far more than
+  // subgroup operations (lavapipe).
+  bool matvec_x_broadcast = false;
+  // Prefill kernel (matmul.comp): a tile_rows x tile_tokens tile per workgroup, a thread_rows x
+  // thread_tokens sub-tile per invocation; workgroup = (tile_rows / thread_rows) *
+  // (tile_tokens / thread_tokens).
+  uint32_t tile_rows = 32;
+  uint32_t tile_tokens = 32;
+  uint32_t thread_rows = 4;
+  uint32_t thread_tokens = 4;
+  bool shared_tiles = true;  // stage tiles in shared memory (GPUs) or read directly (CPUs)
+  // > 0: bind weight chunks of at most this many bytes (tests of the chunked path), on top of
+  // the device's maxStorageBufferRange.
+  uint64_t max_chunk_bytes = 0;
+};
+
+// Launch shapes for `device`: CPU devices (lavapipe) walk one row per lane and read operands
+// directly; GPUs split rows across lanes and tile through shared memory.
+MatMulConfig DefaultMatMulConfig(const Device& device);
+
+// INVALID_ARGUMENT when `config` is inconsistent (sizes not powers of two where required,
+// workgroup over the device limit, shared tiles over maxComputeSharedMemorySize).
+absl::Status ValidateMatMulConfig(const Device& device, const MatMulConfig& config);
+
+// Records y = x * w^T for n_tokens tokens into `cl`:
+//   x: f32 [n_tokens, x_stride]; view size >= MatMulActivationBytes(n_tokens, x_stride, w.cols)
+//   y: f32 [n_tokens, y_stride]; view covers element (n_tokens - 1) * y_stride + y_column +
+//      w.rows. x and y start at multiples of minStorageBufferOffsetAlignment and must not overlap.
+// Uses matvec for n_tokens <= config.matvec_max_tokens (in groups of at most 8 vectors), matmul
+// otherwise. Sums are f32. `config` null: DefaultMatMulConfig(device).
+// Errors: INVALID_ARGUMENT for an unsupported type, a bad shape, stride or alignment, or a view
+// too small; plus the errors of Kernels::Get and CommandList::Dispatch.
+absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                          BufferView x, BufferView y, int64_t n_tokens,
+                          const MatMulLayout& layout = {}, const MatMulConfig* config = nullptr);
+
+// Which kernel RecordMatMul uses for n_tokens ("matvec" or "matmul"), for reports.
+std::string MatMulKernelName(const MatMulConfig& config, int64_t n_tokens);
+
+}  // namespace duet::vk
+
+#endif  // DUET_COMMON_VK_OPS_MATMUL_H_

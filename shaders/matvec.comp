@@ -1,0 +1,183 @@
+#version 450
+// Decode-time matrix product for a few activation vectors ("skinny" multiply):
+//   y[b, row] = sum_c W[row, c] * x[b, c]     for b < NUM_VECS, row < rows
+// W is a GGUF weight in its file layout: `rows` rows of `in_dim` elements, each row encoded as
+// one of W_F32 | W_F16 | W_Q8_0 | W_Q4_0, back to back (row_bytes = GgmlRowBytes(type, in_dim)).
+//
+// Bindings (set 0):
+//   0 w: the rows of this dispatch as 16-byte units; starts 16-byte aligned, size padded to a
+//        multiple of 16 (see dequant_blocks.glsl).
+//   1 x: f32, vector b at element x_offset + b * x_stride, read as vec4; size padded to 16.
+//   2 y: f32, y[b * y_stride + y_offset + row].
+// Launch: Groups1D(ceil(rows / ROWS_PER_WG)), ROWS_PER_WG = ROWS_PER_LANE * WG / K_LANES.
+//
+// Mapping: K_LANES consecutive lanes of a subgroup share a row and split it into 32-element
+// units (lane k of the group takes units k, k + K_LANES, ...); each lane group walks
+// ROWS_PER_LANE rows at once (rows row0 + i * WG / K_LANES), so every x value it loads serves
+// ROWS_PER_LANE rows and every weight block serves all NUM_VECS vectors. Sums are f32, combined
+// across the K_LANES lanes with subgroupShuffleXor.
+//   - K_LANES == 1 suits CPU drivers (lavapipe): a subgroup is one SIMD register of 8 lanes, so
+//     8 rows advance in lockstep with no cross-lane reduction, and with X_BROADCAST each x vec4
+//     is loaded once per subgroup instead of once per lane.
+//   - K_LANES = 8..32 suits GPUs: neighbouring lanes read neighbouring blocks of a row
+//     (coalesced), x comes from cache.
+// W_TEXEL / X_TEXEL read w (usamplerBuffer over an RGBA32UI view) and x (samplerBuffer over an
+// RGBA32F view) through uniform texel buffers instead of storage buffers: the same bytes, but
+// on lavapipe a texel fetch costs a tenth of a storage-buffer load. Not in kernels.table until
+// the runtime binds texel buffers (docs/performance.md).
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_ballot : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#extension GL_EXT_control_flow_attributes : require
+#include "common.glsl"
+
+layout(constant_id = 0) const uint WG = 64;       // multiple of the subgroup size
+layout(constant_id = 1) const uint K_LANES = 1;   // power of two <= subgroup size
+layout(constant_id = 2) const uint NUM_VECS = 1;  // vectors of x (1..8)
+layout(constant_id = 3) const uint ROWS_PER_LANE = 1;  // rows each lane group walks at once
+// Every vector of x starts at a multiple of 4 elements (see matmul_io.glsl).
+layout(constant_id = 4) const bool X_ALIGNED = true;
+// K_LANES == 1 only (all lanes of a subgroup need the same x), subgroup size >= 8: x is loaded
+// once per subgroup, one vec4 per lane, and handed out with subgroupBroadcast. Pays off where a
+// buffer load costs far more than a broadcast (storage buffers on lavapipe); with cheap loads
+// (texel buffers) every lane loads its own.
+layout(constant_id = 5) const bool X_BROADCAST = false;
+// F32/F16 only (the last id, absent from the quantized variants): every row starts at a
+// multiple of 16 bytes (row_bytes % 16 == 0).
+layout(constant_id = 6) const bool W_ALIGNED = true;
+layout(local_size_x_id = 0) in;
+
+#if defined(W_TEXEL)
+layout(set = 0, binding = 0) uniform usamplerBuffer w_tex;
+uvec4 duet_w16(uint i) { return texelFetch(w_tex, int(i)); }
+uint duet_w16_count() { return uint(textureSize(w_tex)); }
+#else
+layout(std430, set = 0, binding = 0) readonly buffer W { uvec4 w16[]; };
+uvec4 duet_w16(uint i) { return w16[i]; }
+uint duet_w16_count() { return uint(w16.length()); }
+#endif
+#if defined(X_TEXEL)
+layout(set = 0, binding = 1) uniform samplerBuffer x_tex;
+vec4 x4_at(uint i) { return texelFetch(x_tex, int(i)); }
+uint x4_count() { return uint(textureSize(x_tex)); }
+#else
+layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
+vec4 x4_at(uint i) { return x4[i]; }
+uint x4_count() { return uint(x4.length()); }
+#endif
+layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
+
+layout(push_constant) uniform Push {
+  uint in_dim;     // elements per row
+  uint rows;       // rows of this dispatch
+  uint row_bytes;  // bytes per encoded row
+  uint x_stride;   // elements between the vectors of x
+  uint x_offset;   // element offset of the first vector in the bound x
+  uint y_stride;   // elements between the vectors of y
+  uint y_offset;   // element offset of this dispatch's first row in each vector of y
+} pc;
+
+#include "dequant_blocks.glsl"
+
+const uint B = NUM_VECS;
+const uint R = ROWS_PER_LANE;
+const uint ROWS_PER_WG = R * (WG / K_LANES);
+
+#include "matmul_io.glsl"
+
+void main() {
+  const uint lane = gl_SubgroupInvocationID;
+  const uint k_lane = lane % K_LANES;
+  // Row i of this lane group: consecutive lane groups take consecutive rows.
+  const uint row0 = duet_group_index() * ROWS_PER_WG + gl_LocalInvocationIndex / K_LANES;
+  const uint num_units = (pc.in_dim + DUET_UNIT - 1u) / DUET_UNIT;
+  const bool has_tail = (pc.in_dim % DUET_UNIT) != 0u;
+
+  // Lanes past the last row compute on the last row and store nothing (they still take part
+  // in the subgroup operations).
+  uint row_c[R];
+  [[unroll]] for (uint r = 0u; r < R; ++r) row_c[r] = min(row0 + r * (WG / K_LANES), pc.rows - 1u);
+
+  float acc[R][B];
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] = 0.0;
+  }
+
+  for (uint u0 = 0u; u0 < num_units; u0 += K_LANES) {
+    const uint u = min(u0 + k_lane, num_units - 1u);
+    const bool in_range = u0 + k_lane < num_units;
+    const bool tail = has_tail && u == num_units - 1u;
+
+    // X_BROADCAST: lane i loads vec4 i % 8 of the unit for every vector; step k takes lane k's.
+    vec4 x_lane[B];
+    if (X_BROADCAST) {
+      const uint c = u * DUET_UNIT + (lane % 8u) * 4u;
+      [[unroll]] for (uint b = 0u; b < B; ++b) {
+        x_lane[b] = vec4(0.0);
+        if (c < pc.in_dim) x_lane[b] = load_x4(pc.x_offset + b * pc.x_stride + c);
+        if (tail) {
+          x_lane[b] = mix(vec4(0.0), x_lane[b],
+                          lessThan(uvec4(c) + uvec4(0u, 1u, 2u, 3u), uvec4(pc.in_dim)));
+        }
+      }
+    }
+#if defined(W_F16)
+    uvec4 f16_raw[R];  // 8 halves: steps 2k and 2k + 1
+#endif
+#if defined(W_Q8_0) || defined(W_Q4_0)
+    DuetUnit wu[R];
+    [[unroll]] for (uint r = 0u; r < R; ++r) {
+      wu[r] = duet_load_unit(row_c[r] * (pc.in_dim / DUET_UNIT) + u);
+    }
+#endif
+    [[unroll]] for (uint step = 0u; step < 8u; ++step) {
+      const uint c = u * DUET_UNIT + step * 4u;
+      // Columns past in_dim (tail unit only) hold neighbouring or padding bytes: select 0.
+      const bvec4 valid = lessThan(uvec4(c) + uvec4(0u, 1u, 2u, 3u), uvec4(pc.in_dim));
+      vec4 xv[B];
+      [[unroll]] for (uint b = 0u; b < B; ++b) {
+        if (X_BROADCAST) {
+          xv[b] = subgroupBroadcast(x_lane[b], step);
+        } else {
+          // Steps wholly past in_dim read nothing (the last vector may end the view).
+          xv[b] = vec4(0.0);
+          if (!tail || c < pc.in_dim) xv[b] = load_x4(pc.x_offset + b * pc.x_stride + c);
+          if (tail) xv[b] = mix(vec4(0.0), xv[b], valid);
+          if (!in_range) xv[b] = vec4(0.0);
+        }
+      }
+      [[unroll]] for (uint r = 0u; r < R; ++r) {
+#if defined(W_Q8_0) || defined(W_Q4_0)
+        const vec4 wv = duet_unit_step(wu[r], step);
+#else
+        // Steps wholly past in_dim (tail unit) read nothing: the row may end the view.
+        const bool load = !tail || c < pc.in_dim;
+#if defined(W_F32)
+        vec4 wv = vec4(0.0);
+        if (load) wv = uintBitsToFloat(duet_w16_at(row_c[r] * pc.row_bytes + c * 4u, W_ALIGNED));
+#else
+        if ((step & 1u) == 0u) {
+          f16_raw[r] = uvec4(0u);
+          if (load) f16_raw[r] = duet_w16_at(row_c[r] * pc.row_bytes + c * 2u, W_ALIGNED);
+        }
+        const uvec2 h = (step & 1u) == 0u ? f16_raw[r].xy : f16_raw[r].zw;
+        vec4 wv = vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y));
+#endif
+        if (tail) wv = mix(vec4(0.0), wv, valid);
+#endif
+        [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] += dot(wv, xv[b]);
+      }
+    }
+  }
+
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    const uint row = row0 + r * (WG / K_LANES);
+    [[unroll]] for (uint b = 0u; b < B; ++b) {
+      float total = acc[r][b];
+      [[unroll]] for (uint m = K_LANES / 2u; m > 0u; m /= 2u) {
+        total += subgroupShuffleXor(total, m);
+      }
+      if (k_lane == 0u && row < pc.rows) y[b * pc.y_stride + pc.y_offset + row] = total;
+    }
+  }
+}
