@@ -1,4 +1,5 @@
-// duet generate --model FILE --prompt TEXT -n N [sampling flags] [--backend cpu]
+// duet generate --model FILE --prompt TEXT -n N [sampling flags] [--backend vulkan|cpu]
+//   [--kv-dtype f32|f16|fp8] [--vk-device NAME|INDEX] [--profile]
 //
 // Streams the generated text to stdout as it is produced, then prints timing to stderr.
 // Defaults follow llama.cpp's CLI (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
@@ -32,7 +33,7 @@ int RunGenerate(const Args& args) {
   const std::string kCmd = "duet generate";
   std::string model_path;
   std::string prompt;
-  std::string backend = "cpu";
+  EngineFlags engine_flags;
   int64_t num_generate = 64;
   int64_t top_k = 40;
   int64_t seed = -1;
@@ -50,7 +51,8 @@ int RunGenerate(const Args& args) {
   parser.AddDouble("temperature", &params.temperature, "0 = greedy (default 0.8)");
   parser.AddInt("top-k", &top_k, "keep the k most likely tokens, 0 = off (default 40)");
   parser.AddDouble("top-p", &params.top_p, "nucleus sampling, in (0, 1] (default 0.95)");
-  parser.AddDouble("min-p", &params.min_p, "drop tokens under min-p x the top probability "
+  parser.AddDouble("min-p", &params.min_p,
+                   "drop tokens under min-p x the top probability "
                    "(default 0.05)");
   parser.AddDouble("repeat-penalty", &params.repetition_penalty,
                    "repetition penalty over prompt and output, 1 = off");
@@ -60,7 +62,7 @@ int RunGenerate(const Args& args) {
   parser.AddRepeated("stop", &stops, "stop string (repeatable); not included in the output");
   parser.AddBool("ignore-eos", &ignore_eos, "keep generating past end-of-generation tokens");
   parser.AddInt("logprobs", &logprobs, "print the top-N logprobs of each token to stderr");
-  parser.AddString("backend", &backend, "cpu (the reference; the only backend for now)");
+  AddEngineFlags(parser, &engine_flags);
   if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
 
   if (num_generate < 1) {
@@ -78,20 +80,36 @@ int RunGenerate(const Args& args) {
   params.stop_strings = stops;
   params.top_logprobs = static_cast<int32_t>(logprobs);
 
+  absl::StatusOr<EngineOptions> engine_options = EngineOptionsFromFlags(engine_flags);
+  if (!engine_options.ok()) {
+    if (engine_options.status().code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(kCmd, std::string(engine_options.status().message()));
+    }
+    return Fail(kCmd, engine_options.status());
+  }
+
   auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<LoadedModel> loaded = LoadModel(model_path, backend);
+  absl::StatusOr<LoadedModel> loaded = LoadModel(model_path);
   if (!loaded.ok()) return Fail(kCmd, loaded.status());
-  const int32_t vocab = static_cast<int32_t>(loaded->model->config().vocab_size);
-  if (absl::Status s = params.Validate(vocab); !s.ok()) return UsageError(kCmd, std::string(s.message()));
-  absl::StatusOr<std::vector<int32_t>> prompt_tokens = TokenizePrompt(*loaded, prompt, num_generate);
+  const int32_t vocab = static_cast<int32_t>(loaded->config.vocab_size);
+  if (absl::Status s = params.Validate(vocab); !s.ok())
+    return UsageError(kCmd, std::string(s.message()));
+  absl::StatusOr<std::vector<int32_t>> prompt_tokens =
+      TokenizePrompt(*loaded, prompt, num_generate);
   if (!prompt_tokens.ok()) return UsageError(kCmd, std::string(prompt_tokens.status().message()));
   absl::StatusOr<Sampler> sampler = Sampler::Create(params, vocab);
   if (!sampler.ok()) return UsageError(kCmd, std::string(sampler.status().message()));
+  const int64_t num_positions = static_cast<int64_t>(prompt_tokens->size()) + num_generate;
+  if (absl::Status s =
+          StartEngine(&*loaded, model_path, engine_flags.backend, *engine_options, num_positions);
+      !s.ok()) {
+    return Fail(kCmd, s);
+  }
+  Engine& engine = *loaded->engine;
+  const std::vector<int32_t> blocks = SingleSequenceBlocks(engine.kv_layout(), num_positions);
   const double load_seconds = SecondsSince(load_start);
   if (params.temperature > 0) std::fprintf(stderr, "seed: %lld\n", static_cast<long long>(seed));
 
-  CpuKvCache cache(loaded->model->config(),
-                   static_cast<int64_t>(prompt_tokens->size()) + num_generate);
   StreamingDetokenizer detokenizer(*loaded->tokenizer);
   StopStringMatcher stop_matcher(stops);
   std::vector<int32_t> generated;
@@ -99,7 +117,7 @@ int RunGenerate(const Args& args) {
   bool stopped_by_string = false;
 
   auto prefill_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::vector<float>> logits = loaded->model->Forward(*prompt_tokens, &cache);
+  absl::StatusOr<std::vector<float>> logits = engine.Prefill({blocks, 0, 0}, *prompt_tokens);
   if (!logits.ok()) return Fail(kCmd, logits.status());
   const double prefill_seconds = SecondsSince(prefill_start);
 
@@ -108,7 +126,8 @@ int RunGenerate(const Args& args) {
     SampleResult result = sampler->Sample(*logits, *prompt_tokens, generated);
     generated.push_back(result.token);
     if (logprobs > 0) {
-      std::string line = absl::StrFormat("[logprobs] token %d (%.4f):", result.token, result.logprob);
+      std::string line =
+          absl::StrFormat("[logprobs] token %d (%.4f):", result.token, result.logprob);
       for (const TokenLogprob& t : result.top_logprobs) {
         absl::StrAppendFormat(&line, " %d=%.4f", t.token, t.logprob);
       }
@@ -127,8 +146,10 @@ int RunGenerate(const Args& args) {
       break;
     }
     if (static_cast<int64_t>(generated.size()) >= num_generate) break;
-    int32_t next = result.token;
-    logits = loaded->model->Forward(absl::MakeConstSpan(&next, 1), &cache);
+    const DecodeItem item{
+        {blocks, static_cast<int64_t>(prompt_tokens->size() + generated.size()) - 1, 0},
+        result.token};
+    logits = engine.DecodeStep({&item, 1});
     if (!logits.ok()) return Fail(kCmd, logits.status());
   }
   if (!stopped_by_string) {
@@ -146,6 +167,7 @@ int RunGenerate(const Args& args) {
                load_seconds, prompt_tokens->size(),
                static_cast<double>(prompt_tokens->size()) / prefill_seconds, generated.size(),
                decode_steps > 0 ? decode_steps / decode_seconds : 0.0, finish_reason.c_str());
+  if (engine_flags.profile) PrintProfile(engine);
   return 0;
 }
 

@@ -1,4 +1,5 @@
-// duet logits --model FILE --prompt TEXT [-n N] [--top K] [--backend cpu]
+// duet logits --model FILE --prompt TEXT [-n N] [--top K] [--backend vulkan|cpu]
+//   [--kv-dtype f32|f16|fp8] [--vk-device NAME|INDEX] [--profile]
 //
 // Runs the prompt, then N greedy steps, and prints one JSON object:
 //   {"prompt_tokens": [ids], "positions": [{"pos": p, "top": [[id, logit], ...]}, ...],
@@ -41,7 +42,7 @@ int RunLogits(const Args& args) {
   const std::string kCmd = "duet logits";
   std::string model_path;
   std::string prompt;
-  std::string backend = "cpu";
+  EngineFlags engine_flags;
   int64_t num_steps = 0;
   int64_t top = 5;
   ArgParser parser(kCmd);
@@ -49,21 +50,37 @@ int RunLogits(const Args& args) {
   parser.AddString("prompt", &prompt, "prompt text (BOS is added as the model says)", false, "p");
   parser.AddInt("steps", &num_steps, "greedy steps after the prompt (default 0)", "n");
   parser.AddInt("top", &top, "logits to print per position (default 5)");
-  parser.AddString("backend", &backend, "cpu (the reference; the only backend for now)");
+  AddEngineFlags(parser, &engine_flags);
   if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
   if (num_steps < 0) return UsageError(kCmd, absl::StrFormat("-n must be >= 0, got %d", num_steps));
   if (top < 1) return UsageError(kCmd, absl::StrFormat("--top must be >= 1, got %d", top));
 
-  absl::StatusOr<LoadedModel> loaded = LoadModel(model_path, backend);
+  absl::StatusOr<EngineOptions> engine_options = EngineOptionsFromFlags(engine_flags);
+  if (!engine_options.ok()) {
+    if (engine_options.status().code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(kCmd, std::string(engine_options.status().message()));
+    }
+    return Fail(kCmd, engine_options.status());
+  }
+
+  absl::StatusOr<LoadedModel> loaded = LoadModel(model_path);
   if (!loaded.ok()) return Fail(kCmd, loaded.status());
   absl::StatusOr<std::vector<int32_t>> prompt_tokens = TokenizePrompt(*loaded, prompt, num_steps);
   if (!prompt_tokens.ok()) return UsageError(kCmd, std::string(prompt_tokens.status().message()));
 
-  const int64_t vocab = loaded->model->config().vocab_size;
+  const int64_t vocab = loaded->config.vocab_size;
   const int64_t prompt_len = static_cast<int64_t>(prompt_tokens->size());
-  CpuKvCache cache(loaded->model->config(), prompt_len + num_steps);
+  // Positions 0 .. prompt_len + num_steps - 1 (the last greedy token is never fed back).
+  const int64_t num_positions = prompt_len + num_steps;
+  if (absl::Status s =
+          StartEngine(&*loaded, model_path, engine_flags.backend, *engine_options, num_positions);
+      !s.ok()) {
+    return Fail(kCmd, s);
+  }
+  Engine& engine = *loaded->engine;
+  const std::vector<int32_t> blocks = SingleSequenceBlocks(engine.kv_layout(), num_positions);
   absl::StatusOr<std::vector<float>> logits =
-      loaded->model->Forward(*prompt_tokens, &cache, /*all_logits=*/true);
+      engine.Prefill({blocks, 0, 0}, *prompt_tokens, /*all_logits=*/true);
   if (!logits.ok()) return Fail(kCmd, logits.status());
 
   std::vector<std::string> positions;
@@ -77,8 +94,8 @@ int RunLogits(const Args& args) {
   std::vector<float> last(logits->end() - vocab, logits->end());
   greedy.push_back(ArgMax(last));
   for (int64_t step = 0; step < num_steps; ++step) {
-    int32_t next = greedy.back();
-    logits = loaded->model->Forward(absl::MakeConstSpan(&next, 1), &cache);
+    const DecodeItem item{{blocks, prompt_len + step, 0}, greedy.back()};
+    logits = engine.DecodeStep({&item, 1});
     if (!logits.ok()) return Fail(kCmd, logits.status());
     record(prompt_len + step, *logits);
     greedy.push_back(ArgMax(*logits));
@@ -86,6 +103,7 @@ int RunLogits(const Args& args) {
   std::printf("{\"prompt_tokens\": [%s],\n \"positions\": [\n  %s\n ],\n \"greedy\": [%s]}\n",
               absl::StrJoin(*prompt_tokens, ", ").c_str(),
               absl::StrJoin(positions, ",\n  ").c_str(), absl::StrJoin(greedy, ", ").c_str());
+  if (engine_flags.profile) PrintProfile(engine);
   return 0;
 }
 

@@ -14,6 +14,7 @@ int RunInspect(const Args& args);
 int RunTokenize(const Args& args);
 int RunGenerate(const Args& args);
 int RunLogits(const Args& args);
+int RunBench(const Args& args);
 int RunMakeModel(const Args& args);
 int RunKvCalc(const Args& args);
 int RunQuantCalc(const Args& args);

@@ -1,16 +1,39 @@
 #include "tools/duet/model_loader.h"
 
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "common/base/status.h"
 #include "tools/duet/cli_util.h"
 
 namespace duet::cli {
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend) {
-  if (backend != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("backend '", backend, "' is not available (available: cpu)"));
+void AddEngineFlags(ArgParser& parser, EngineFlags* flags) {
+  parser.AddString("backend", &flags->backend, "vulkan (default) or cpu (the reference)");
+  parser.AddString("kv-dtype", &flags->kv_dtype,
+                   "KV cache type: f32, f16 or fp8 (default: fp8 on vulkan, f32 on cpu)");
+  parser.AddString("vk-device", &flags->vk_device,
+                   "Vulkan device: index or name substring (default: DUET_VK_DEVICE, else the "
+                   "first GPU)");
+  parser.AddBool("profile", &flags->profile, "print per-kernel GPU timing to stderr at the end");
+}
+
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const EngineFlags& flags) {
+  if (flags.backend != "vulkan" && flags.backend != "cpu") {
+    return absl::UnavailableError(
+        absl::StrCat("backend '", flags.backend, "' is not available (available: vulkan, cpu)"));
   }
+  EngineOptions options;
+  options.kv_dtype = flags.backend == "cpu" ? kv::CacheDtype::kF32 : kv::CacheDtype::kFp8E4M3;
+  if (!flags.kv_dtype.empty()) {
+    DUET_ASSIGN_OR_RETURN(options.kv_dtype, kv::ParseCacheDtype(flags.kv_dtype));
+  }
+  options.vk_device = flags.vk_device;
+  options.profile = flags.profile;
+  return options;
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path) {
   LoadedModel loaded;
   DUET_ASSIGN_OR_RETURN(loaded.file, OpenModelFile(path));
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromGguf(*loaded.file);
@@ -19,19 +42,40 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string
                         absl::StrCat(path, ": ", tokenizer.status().message()));
   }
   loaded.tokenizer = std::move(*tokenizer);
-  absl::StatusOr<std::unique_ptr<CpuModel>> model = CpuModel::Load(loaded.file);
-  if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat(path, ": ", model.status().message()));
+  absl::StatusOr<ModelConfig> config = ModelConfigFromGguf(*loaded.file);
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(path, ": ", config.status().message()));
   }
-  loaded.model = std::move(*model);
+  loaded.config = std::move(*config);
   // A model may pad its embedding past the tokenizer's vocabulary, never the reverse.
-  if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": the tokenizer has ", loaded.tokenizer->vocab_size(),
-        " tokens but the model embeds only ", loaded.model->config().vocab_size));
+  if (loaded.tokenizer->vocab_size() > loaded.config.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": the tokenizer has ", loaded.tokenizer->vocab_size(),
+                     " tokens but the model embeds only ", loaded.config.vocab_size));
   }
   return loaded;
+}
+
+std::vector<int32_t> SingleSequenceBlocks(const kv::KvLayout& layout, int64_t num_positions) {
+  const int64_t n = (num_positions + layout.block_size - 1) / layout.block_size;
+  std::vector<int32_t> table(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) table[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  return table;
+}
+
+absl::Status StartEngine(LoadedModel* loaded, const std::string& path, const std::string& backend,
+                         EngineOptions options, int64_t num_positions) {
+  options.num_kv_blocks =
+      std::max<int64_t>(1, (num_positions + options.block_size - 1) / options.block_size);
+  options.max_sequences = 1;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(backend, loaded->file, options);
+  if (!engine.ok()) {
+    return absl::Status(engine.status().code(),
+                        absl::StrCat(path, ": ", engine.status().message()));
+  }
+  loaded->engine = std::move(*engine);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<int32_t>> TokenizePrompt(const LoadedModel& loaded,
@@ -42,7 +86,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizePrompt(const LoadedModel& loaded,
     return absl::InvalidArgumentError(
         "the prompt is empty and the model adds no BOS token; give a non-empty --prompt");
   }
-  const int64_t context = loaded.model->config().context_length;
+  const int64_t context = loaded.config.context_length;
   const int64_t needed = static_cast<int64_t>(tokens.size()) + num_generate;
   if (needed > context) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -50,6 +94,16 @@ absl::StatusOr<std::vector<int32_t>> TokenizePrompt(const LoadedModel& loaded,
         " generated tokens exceeds the model's context length of ", context, " tokens"));
   }
   return tokens;
+}
+
+void PrintProfile(const Engine& engine) {
+  const std::string report = engine.ProfileReport();
+  if (report.empty()) {
+    std::fprintf(stderr, "profile: no per-kernel timing for the %s backend\n",
+                 engine.backend_name().c_str());
+    return;
+  }
+  std::fprintf(stderr, "profile (%s):\n%s", engine.backend_name().c_str(), report.c_str());
 }
 
 }  // namespace duet::cli

@@ -1,0 +1,86 @@
+// The CPU reference engine: the model forward of common/model/cpu_forward.h (cpu_ref ops, f32
+// activations, dot products in double) over the paged KV store kv::PagedKvCache, for every KV
+// dtype (F32, F16, FP8). It is the numerics oracle of the Vulkan engine at each dtype, and with
+// an F32 cache its logits equal CpuModel::Forward's bit for bit (same ops in the same order).
+//
+// Sequences are independent rows: DecodeStep runs each item as a one-token step, so results
+// never depend on the batch. Slow on purpose (double accumulation, one thread).
+#ifndef DUET_COMMON_ENGINE_CPU_ENGINE_H_
+#define DUET_COMMON_ENGINE_CPU_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/engine/engine.h"
+#include "common/engine/engine_util.h"
+#include "common/kv/paged_kv.h"
+#include "common/model/gguf.h"
+#include "common/model/model_config.h"
+#include "common/model/model_weights.h"
+
+namespace duet {
+
+class CpuEngine final : public Engine {
+ public:
+  // Errors from ModelConfigFromGguf, BindWeights and the KV options (MakeKvLayout).
+  static absl::StatusOr<std::unique_ptr<CpuEngine>> Create(std::shared_ptr<const GgufFile> file,
+                                                           const EngineOptions& options);
+
+  const ModelConfig& config() const override { return config_; }
+  const kv::KvLayout& kv_layout() const override { return cache_.layout(); }
+  std::string backend_name() const override { return "cpu"; }
+
+  absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
+                                             absl::Span<const int32_t> tokens,
+                                             bool all_logits = false) override;
+  absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
+  absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
+      absl::Span<const DecodeItem> batch) override;
+  absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
+                                            absl::Span<const int32_t> tokens) override;
+  absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+
+ private:
+  // f32 copies of a layer's norm weights and biases.
+  struct LayerVectors {
+    std::vector<float> attn_norm;  // [hidden]
+    std::vector<float> ffn_norm;   // [hidden]
+    std::vector<float> q_bias;     // [q_dim], empty without biases
+    std::vector<float> k_bias;     // [kv_dim], empty without biases
+    std::vector<float> v_bias;     // [kv_dim], empty without biases
+  };
+  // A step's pending K and V rows, per layer: [num_layers][n, kv_dim] each.
+  struct PendingKv {
+    std::vector<std::vector<float>> k;
+    std::vector<std::vector<float>> v;
+  };
+
+  CpuEngine(std::shared_ptr<const GgufFile> file, ModelConfig config, ModelWeights weights,
+            kv::PagedKvCache cache);
+
+  // Runs `tokens` of one (checked) sequence at positions num_cached.. through every layer.
+  // Commits them when `commit`; keeps the K/V rows in *pending when non-null. Returns logits
+  // [n, vocab] when all_logits, else [vocab] of the last token.
+  absl::StatusOr<std::vector<float>> Run(const SequenceRef& seq, absl::Span<const int32_t> tokens,
+                                         bool all_logits, bool commit, PendingKv* pending);
+  // x: [n, hidden], updated in place.
+  absl::Status RunLayer(int64_t layer, const kv::SequenceView& view, int64_t n, float* x,
+                        bool commit, PendingKv* pending);
+
+  std::shared_ptr<const GgufFile> file_;
+  ModelConfig config_;
+  ModelWeights weights_;
+  kv::PagedKvCache cache_;
+  std::vector<LayerVectors> layer_vectors_;  // [num_layers]
+  std::vector<float> output_norm_;           // [hidden]
+  std::vector<float> rope_freqs_;            // [rope_dim / 2], empty when absent
+  engine_internal::PendingVerifies<PendingKv> verifies_;
+};
+
+}  // namespace duet
+
+#endif  // DUET_COMMON_ENGINE_CPU_ENGINE_H_

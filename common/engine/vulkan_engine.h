@@ -1,0 +1,170 @@
+// The Vulkan engine: the llama/qwen2 forward of common/model/cpu_forward.h recorded with the
+// common/vk launchers over a device-resident paged KV pool (common/kv/paged_kv.h semantics,
+// reproduced exactly by the kv_seal / attention / kv_write kernels).
+//
+// Device memory:
+//   - weights: every 2-D tensor in its GGUF type (F32, F16, Q8_0, Q4_0; BF16 is widened to
+//     F32), one buffer each, dequantized on the fly by the matmul kernels; norms and biases
+//     as f32; the RoPE table (vk::MakeRopeTable).
+//   - KV: per layer K and V data [num_blocks][num_kv_heads][block_size][head_dim] and (FP8)
+//     scales [num_blocks][num_kv_heads]; the f16 tail of every slot (FP8).
+//   - activations for the largest step so far (grown on demand), a decode scratch for the
+//     split-K attention, and per pending Verify a buffer with its K/V rows
+//     [num_layers][K|V][k + 1, kv_dim] until Commit.
+//
+// Each call records its whole step (embedding, every layer, final norm, logits, and argmax for
+// DecodeStepGreedy) into one command list and submits it once; a Prefill longer than
+// kMaxPrefillChunk tokens is run as several chunks (one submit each). Decode-shaped steps
+// (DecodeStep, Verify) always use the matrix-vector kernel and split-K attention with a fixed
+// partition size, so a sequence's results do not depend on the rest of its batch.
+#ifndef DUET_COMMON_ENGINE_VULKAN_ENGINE_H_
+#define DUET_COMMON_ENGINE_VULKAN_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/engine/engine.h"
+#include "common/engine/engine_util.h"
+#include "common/kv/paged_kv.h"
+#include "common/model/gguf.h"
+#include "common/model/model_config.h"
+#include "common/vk/buffer.h"
+#include "common/vk/command_list.h"
+#include "common/vk/device.h"
+#include "common/vk/ops_attention.h"
+#include "common/vk/ops_matmul.h"
+#include "common/vk/pipeline.h"
+
+namespace duet {
+
+class VulkanEngine final : public Engine {
+ public:
+  // Prompt tokens per submitted chunk of a Prefill (bounds the activation memory).
+  static constexpr int64_t kMaxPrefillChunk = 512;
+
+  // Opens the device (options.vk_device, else DUET_VK_DEVICE, else automatic), uploads the
+  // weights (a progress bar on stderr for models over ProgressBar::kMinBytes) and allocates the
+  // KV pool. Errors: the model's (ModelConfigFromGguf / BindWeights), the KV options, device
+  // selection (NOT_FOUND listing the devices), profiling without timestamp support
+  // (FAILED_PRECONDITION), RESOURCE_EXHAUSTED when device memory runs out.
+  static absl::StatusOr<std::unique_ptr<VulkanEngine>> Create(std::shared_ptr<const GgufFile> file,
+                                                              const EngineOptions& options);
+  ~VulkanEngine() override;
+
+  const ModelConfig& config() const override { return config_; }
+  const kv::KvLayout& kv_layout() const override { return layout_; }
+  std::string backend_name() const override;
+
+  absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
+                                             absl::Span<const int32_t> tokens,
+                                             bool all_logits = false) override;
+  absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
+  absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
+      absl::Span<const DecodeItem> batch) override;
+  absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
+                                            absl::Span<const int32_t> tokens) override;
+  absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+  std::string ProfileReport() const override;
+
+  const vk::Device& device() const { return *device_; }
+
+ private:
+  // Rows of the pre-expanded bias buffers (qwen2): bias adds run in chunks of this many rows.
+  static constexpr int64_t kBiasRows = 64;
+
+  struct LayerWeights {
+    vk::WeightView q, k, v, o, gate, up, down;
+    vk::BufferView attn_norm, ffn_norm;     // f32 [hidden]
+    vk::BufferView q_bias, k_bias, v_bias;  // f32 [kBiasRows, dim]; empty without biases
+  };
+  struct Weights {
+    std::vector<vk::Buffer> buffers;  // owns every view below
+    vk::WeightView token_embd, output;
+    vk::BufferView output_norm;  // f32 [hidden]
+    vk::BufferView rope_table;   // uint32 [rope_dim]
+    std::vector<LayerWeights> layers;
+  };
+  struct KvBuffers {
+    std::vector<vk::Buffer> k_data, v_data, k_scales, v_scales;  // [num_layers]
+    vk::Buffer tail;                                             // FP8 only
+  };
+  // Per-step buffers for up to `rows` rows (and `logit_rows` rows of logits).
+  struct Activations {
+    int64_t rows = 0;
+    int64_t logit_rows = 0;
+    uint64_t table_words = 0;
+    vk::Buffer tokens, positions, seq_table;  // kUpload: int32 [rows], int32 [rows], uint32
+    vk::Buffer x, h, delta;                   // f32 [rows, hidden]
+    vk::Buffer q, attn;                       // f32 [rows, q_dim]
+    vk::Buffer k_new, v_new;                  // f32 [rows, kv_dim]
+    vk::Buffer gate, up;                      // f32 [rows, ffn]
+    vk::Buffer logits;                        // f32 [logit_rows, vocab]
+    vk::Buffer ids;                           // int32 [logit_rows]
+    vk::Buffer readback;                      // kReadback copy of logits/ids (not unified)
+    vk::Buffer decode_scratch;                // split-K partials
+  };
+  // One sequence's part of a step: rows [row0, row0 + tokens.size()) of the batch tensors.
+  struct StepSeq {
+    SequenceRef seq;
+    absl::Span<const int32_t> tokens;
+    int64_t row0 = 0;
+  };
+  enum class StepKind { kPrefill, kDecode, kVerify };
+  enum class LogitsOut { kNone, kLastRow, kAllRows };
+  // Where a Verify keeps its K/V rows until Commit.
+  using Stash = std::unique_ptr<vk::Buffer>;
+
+  VulkanEngine(std::shared_ptr<const GgufFile> file, ModelConfig config, kv::KvLayout layout,
+               std::unique_ptr<vk::Device> device);
+
+  absl::Status UploadWeights();
+  absl::Status AllocateKv();
+  absl::Status EnsureActivations(int64_t rows, int64_t logit_rows, uint64_t table_words,
+                                 uint64_t decode_scratch_bytes);
+  absl::StatusOr<vk::Buffer> NewBuffer(uint64_t bytes, vk::MemoryKind kind);
+
+  // Records and submits one step. `stash` (Verify): the K/V rows go there and nothing is
+  // committed. Returns logits (float) or, when greedy, argmax ids (int32), as raw rows copied
+  // into *floats / *ids.
+  absl::Status RunStep(StepKind kind, absl::Span<const StepSeq> seqs, LogitsOut logits_out,
+                       bool greedy, vk::Buffer* stash, std::vector<float>* floats,
+                       std::vector<int32_t>* ids);
+  // The part of RunStep that records commands into cl_.
+  // attn_seqs: the batch's sequences (their table, table_words long, is already uploaded).
+  absl::Status RecordStep(StepKind kind, absl::Span<const vk::AttnSequence> attn_seqs,
+                          uint64_t table_words, int64_t rows, LogitsOut logits_out, bool greedy,
+                          vk::Buffer* stash);
+  // Records the per-layer commit of a pending Verify's rows.
+  absl::Status RecordVerifyCommit(const vk::AttnSequence& seq, const vk::Buffer& stash);
+  // Discards a failed recording (a fresh command list; the half-recorded one never runs).
+  void ResetCommandList();
+  // Byte offset of layer `layer`'s K (part 0) or V (part 1) rows in a stash.
+  uint64_t StashOffset(int64_t layer, int part) const;
+  vk::KvLayerViews CacheViews(int64_t layer) const;
+  absl::StatusOr<std::vector<float>> DecodeLogits(absl::Span<const DecodeItem> batch, bool greedy,
+                                                  std::vector<int32_t>* ids);
+
+  std::shared_ptr<const GgufFile> file_;
+  ModelConfig config_;
+  kv::KvLayout layout_;
+  // Destroyed last (members are destroyed in reverse order): everything below uses it.
+  std::unique_ptr<vk::Device> device_;
+  std::unique_ptr<vk::Kernels> kernels_;
+  std::unique_ptr<vk::CommandList> cl_;
+  bool profile_ = false;
+  vk::MatMulConfig prefill_matmul_;
+  vk::MatMulConfig decode_matmul_;  // matvec for every batch size (batch invariance)
+  vk::DecodeOptions decode_attn_;
+  Weights weights_;
+  KvBuffers kv_;
+  Activations act_;
+  engine_internal::PendingVerifies<Stash> verifies_;
+};
+
+}  // namespace duet
+
+#endif  // DUET_COMMON_ENGINE_VULKAN_ENGINE_H_

@@ -1,0 +1,227 @@
+// VulkanEngine: recording and submitting one step (the model forward over a batch of
+// sequences) and the commit of a verified speculation.
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status.h"
+#include "common/engine/vulkan_engine.h"
+#include "common/vk/ops_attention.h"
+#include "common/vk/ops_elementwise.h"
+#include "common/vk/ops_matmul.h"
+
+namespace duet {
+namespace {
+
+uint64_t U64(int64_t v) { return static_cast<uint64_t>(v); }
+
+}  // namespace
+
+absl::Status VulkanEngine::RunStep(StepKind kind, absl::Span<const StepSeq> seqs,
+                                   LogitsOut logits_out, bool greedy, vk::Buffer* stash,
+                                   std::vector<float>* floats, std::vector<int32_t>* ids) {
+  if (cl_ == nullptr) ResetCommandList();
+  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+
+  // The batch: rows of every sequence back to back.
+  std::vector<vk::AttnSequence> attn(seqs.size());
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> positions;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const StepSeq& s = seqs[i];
+    attn[i].q_offset = static_cast<int64_t>(tokens.size());
+    attn[i].num_new = static_cast<int64_t>(s.tokens.size());
+    attn[i].num_cached = s.seq.num_cached;
+    attn[i].tail_slot = s.seq.tail_slot;
+    attn[i].block_table = s.seq.block_table;
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      tokens.push_back(s.tokens[j]);
+      positions.push_back(static_cast<int32_t>(s.seq.num_cached + static_cast<int64_t>(j)));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(tokens.size());
+  const std::vector<uint32_t> table = vk::EncodeSequenceTable(attn);
+  const int64_t logit_rows =
+      logits_out == LogitsOut::kAllRows ? rows : (logits_out == LogitsOut::kLastRow ? 1 : 0);
+  uint64_t scratch_bytes = 0;
+  if (kind != StepKind::kPrefill) {
+    vk::AttnStep probe;
+    probe.layout = layout_;
+    probe.seqs = attn;
+    scratch_bytes = vk::PagedAttnDecodeScratchBytes(probe, config_.num_heads, decode_attn_);
+  }
+  DUET_RETURN_IF_ERROR(
+      EnsureActivations(rows, std::max<int64_t>(logit_rows, 1), table.size(), scratch_bytes));
+  std::memcpy(act_.tokens.mapped(), tokens.data(), tokens.size() * 4);
+  std::memcpy(act_.positions.mapped(), positions.data(), positions.size() * 4);
+  std::memcpy(act_.seq_table.mapped(), table.data(), table.size() * 4);
+
+  if (absl::Status status = RecordStep(kind, attn, table.size(), rows, logits_out, greedy, stash);
+      !status.ok()) {
+    ResetCommandList();
+    return status;
+  }
+  DUET_RETURN_IF_ERROR(cl_->Submit());
+
+  if (logit_rows == 0) return absl::OkStatus();
+  if (greedy) {
+    const vk::Buffer& src = act_.ids.host_visible() ? act_.ids : act_.readback;
+    ids->resize(static_cast<size_t>(logit_rows));
+    std::memcpy(ids->data(), src.mapped(), ids->size() * 4);
+  } else {
+    const vk::Buffer& src = act_.logits.host_visible() ? act_.logits : act_.readback;
+    floats->resize(static_cast<size_t>(logit_rows * config_.vocab_size));
+    std::memcpy(floats->data(), src.mapped(), floats->size() * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSequence> attn_seqs,
+                                      uint64_t table_words, int64_t rows, LogitsOut logits_out,
+                                      bool greedy, vk::Buffer* stash) {
+  vk::CommandList& cl = *cl_;
+  const vk::Kernels& kernels = *kernels_;
+  const ModelConfig& c = config_;
+  const Activations& a = act_;
+  const vk::MatMulConfig* mm = kind == StepKind::kPrefill ? &prefill_matmul_ : &decode_matmul_;
+  const uint64_t kv_bytes = U64(rows * c.kv_dim()) * 4;
+  const vk::BufferView table = a.seq_table.view(0, table_words * 4);
+
+  // Adds a bias [dim] to every row of y [rows, dim], kBiasRows rows per dispatch.
+  auto add_bias = [&](vk::BufferView y, vk::BufferView bias, int64_t dim) -> absl::Status {
+    for (int64_t r0 = 0; r0 < rows; r0 += kBiasRows) {
+      const int64_t count = std::min(kBiasRows, rows - r0);
+      const vk::BufferView part = y.Sub(U64(r0 * dim) * 4, U64(count * dim) * 4);
+      DUET_RETURN_IF_ERROR(
+          vk::RecordAdd(cl, kernels, part, bias.Sub(0, part.size), part, count * dim));
+    }
+    return absl::OkStatus();
+  };
+
+  DUET_RETURN_IF_ERROR(vk::RecordGetRows(cl, kernels, weights_.token_embd.type,
+                                         weights_.token_embd.data, c.vocab_size, c.hidden_dim,
+                                         a.tokens.view(), a.x.view(), rows));
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+    // K/V rows: the step's scratch, or the Verify's stash that Commit reads later.
+    const vk::BufferView k_new =
+        stash != nullptr ? stash->view(StashOffset(layer, 0), kv_bytes) : a.k_new.view();
+    const vk::BufferView v_new =
+        stash != nullptr ? stash->view(StashOffset(layer, 1), kv_bytes) : a.v_new.view();
+
+    DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), w.attn_norm, a.h.view(), rows,
+                                           c.hidden_dim, c.rms_norm_eps));
+    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.q, a.h.view(), a.q.view(), rows, {}, mm));
+    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.k, a.h.view(), k_new, rows, {}, mm));
+    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.v, a.h.view(), v_new, rows, {}, mm));
+    if (!w.q_bias.empty()) {
+      DUET_RETURN_IF_ERROR(add_bias(a.q.view(), w.q_bias, c.q_dim()));
+      DUET_RETURN_IF_ERROR(add_bias(k_new, w.k_bias, c.kv_dim()));
+      DUET_RETURN_IF_ERROR(add_bias(v_new, w.v_bias, c.kv_dim()));
+    }
+    vk::RopeShape rope;
+    rope.num_tokens = rows;
+    rope.num_heads = c.num_heads;
+    rope.head_dim = c.head_dim;
+    rope.rope_dim = c.rope_dim;
+    rope.layout = c.rope_layout;
+    DUET_RETURN_IF_ERROR(
+        vk::RecordRope(cl, kernels, a.q.view(), a.positions.view(), weights_.rope_table, rope));
+    rope.num_heads = c.num_kv_heads;
+    DUET_RETURN_IF_ERROR(
+        vk::RecordRope(cl, kernels, k_new, a.positions.view(), weights_.rope_table, rope));
+
+    vk::AttnStep step;
+    step.layout = layout_;
+    step.layer = layer;
+    step.cache = CacheViews(layer);
+    step.seqs = attn_seqs;
+    step.seq_table = table;
+    step.k_new = k_new;
+    step.v_new = v_new;
+    DUET_RETURN_IF_ERROR(vk::RecordKvSeal(cl, kernels, step));
+    if (kind == StepKind::kPrefill) {
+      DUET_RETURN_IF_ERROR(
+          vk::RecordFlashAttnPrefill(cl, kernels, step, c.num_heads, a.q.view(), a.attn.view()));
+    } else {
+      DUET_RETURN_IF_ERROR(vk::RecordPagedAttnDecode(cl, kernels, step, c.num_heads, a.q.view(),
+                                                     a.decode_scratch.view(), a.attn.view(),
+                                                     decode_attn_));
+    }
+    if (kind != StepKind::kVerify) DUET_RETURN_IF_ERROR(vk::RecordKvCommit(cl, kernels, step));
+
+    const int64_t residual = rows * c.hidden_dim;
+    DUET_RETURN_IF_ERROR(
+        vk::RecordMatMul(cl, kernels, w.o, a.attn.view(), a.delta.view(), rows, {}, mm));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordAdd(cl, kernels, a.x.view(), a.delta.view(), a.x.view(), residual));
+    DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), w.ffn_norm, a.h.view(), rows,
+                                           c.hidden_dim, c.rms_norm_eps));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordMatMul(cl, kernels, w.gate, a.h.view(), a.gate.view(), rows, {}, mm));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordMatMul(cl, kernels, w.up, a.h.view(), a.up.view(), rows, {}, mm));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordSwiGlu(cl, kernels, a.gate.view(), a.up.view(), a.gate.view(), rows * c.ffn_dim));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordMatMul(cl, kernels, w.down, a.gate.view(), a.delta.view(), rows, {}, mm));
+    DUET_RETURN_IF_ERROR(
+        vk::RecordAdd(cl, kernels, a.x.view(), a.delta.view(), a.x.view(), residual));
+  }
+
+  if (logits_out == LogitsOut::kNone) return absl::OkStatus();
+  const uint64_t row_bytes = U64(c.hidden_dim) * 4;
+  int64_t logit_rows = rows;
+  if (logits_out == LogitsOut::kLastRow) {
+    // The last row alone, copied to row 0 of h (copies need no alignment; views do).
+    DUET_RETURN_IF_ERROR(
+        cl.Copy(a.x.view(U64(rows - 1) * row_bytes, row_bytes), a.h.view(0, row_bytes)));
+    DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.h.view(), weights_.output_norm,
+                                           a.h.view(), 1, c.hidden_dim, c.rms_norm_eps));
+    logit_rows = 1;
+  } else {
+    DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), weights_.output_norm,
+                                           a.h.view(), rows, c.hidden_dim, c.rms_norm_eps));
+  }
+  DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, weights_.output, a.h.view(), a.logits.view(),
+                                        logit_rows, {}, mm));
+  if (greedy) {
+    DUET_RETURN_IF_ERROR(
+        vk::RecordArgmax(cl, kernels, a.logits.view(), logit_rows, c.vocab_size, a.ids.view()));
+    if (!a.ids.host_visible()) {
+      const uint64_t bytes = U64(logit_rows) * 4;
+      DUET_RETURN_IF_ERROR(cl.Copy(a.ids.view(0, bytes), a.readback.view(0, bytes)));
+    }
+  } else if (!a.logits.host_visible()) {
+    const uint64_t bytes = U64(logit_rows * c.vocab_size) * 4;
+    DUET_RETURN_IF_ERROR(cl.Copy(a.logits.view(0, bytes), a.readback.view(0, bytes)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VulkanEngine::RecordVerifyCommit(const vk::AttnSequence& seq,
+                                              const vk::Buffer& stash) {
+  if (cl_ == nullptr) ResetCommandList();
+  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+  const std::vector<uint32_t> table = vk::EncodeSequenceTable(absl::MakeConstSpan(&seq, 1));
+  DUET_RETURN_IF_ERROR(EnsureActivations(0, 0, table.size(), 0));
+  std::memcpy(act_.seq_table.mapped(), table.data(), table.size() * 4);
+  const uint64_t kv_bytes = U64(seq.num_new * config_.kv_dim()) * 4;
+  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+    vk::AttnStep step;
+    step.layout = layout_;
+    step.layer = layer;
+    step.cache = CacheViews(layer);
+    step.seqs = absl::MakeConstSpan(&seq, 1);
+    step.seq_table = act_.seq_table.view(0, U64(table.size()) * 4);
+    step.k_new = stash.view(StashOffset(layer, 0), kv_bytes);
+    step.v_new = stash.view(StashOffset(layer, 1), kv_bytes);
+    if (absl::Status status = vk::RecordKvCommit(*cl_, *kernels_, step); !status.ok()) {
+      ResetCommandList();
+      return status;
+    }
+  }
+  return cl_->Submit();
+}
+
+}  // namespace duet

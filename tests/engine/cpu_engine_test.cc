@@ -1,0 +1,176 @@
+// The CPU engine against CpuModel (bit-identical with an F32 cache), the Verify / Commit
+// protocol on both backends, and the KV pool's sizing.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/engine/engine.h"
+#include "common/model/cpu_forward.h"
+#include "tests/engine/engine_test_util.h"
+
+namespace duet::testing {
+namespace {
+
+std::vector<int32_t> Prompt(int64_t n, int64_t vocab, int32_t salt) {
+  std::vector<int32_t> t;
+  for (int64_t i = 0; i < n; ++i)
+    t.push_back(static_cast<int32_t>((i * 37 + salt * 11 + 5) % vocab));
+  return t;
+}
+
+TEST(CpuEngineTest, F32CacheEqualsCpuModelBitForBit) {
+  for (GgmlType type : {GgmlType::kF32, GgmlType::kQ4_0}) {
+    std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), type, 3);
+    ASSERT_NE(file, nullptr);
+    absl::StatusOr<std::unique_ptr<CpuModel>> model = CpuModel::Load(file);
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::unique_ptr<Engine> engine = MakeEngine("cpu", file, TestOptions(kv::CacheDtype::kF32));
+    ASSERT_NE(engine, nullptr);
+    const int64_t vocab = engine->config().vocab_size;
+    const std::vector<int32_t> prompt = Prompt(29, vocab, 1);
+
+    CpuKvCache cache((*model)->config(), 64);
+    absl::StatusOr<std::vector<float>> want = (*model)->Forward(prompt, &cache, true);
+    ASSERT_TRUE(want.ok()) << want.status();
+    // The engine in two chunks (13 + 16) over blocks in reverse order.
+    const std::vector<int32_t> table = {9, 3, 7, 1};
+    std::vector<float> got;
+    for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 13}, {13, 16}}) {
+      absl::StatusOr<std::vector<float>> part = engine->Prefill(
+          {table, first, 0},
+          absl::MakeConstSpan(prompt).subspan(static_cast<size_t>(first), static_cast<size_t>(n)),
+          true);
+      ASSERT_TRUE(part.ok()) << part.status();
+      got.insert(got.end(), part->begin(), part->end());
+    }
+    EXPECT_EQ(got, *want);
+
+    int32_t token = ArgMaxRows(*want, vocab).back();
+    for (int64_t pos = 29; pos < 40; ++pos) {
+      absl::StatusOr<std::vector<float>> w = (*model)->Forward({token}, &cache);
+      const DecodeItem item{{table, pos, 0}, token};
+      absl::StatusOr<std::vector<float>> g = engine->DecodeStep({&item, 1});
+      ASSERT_TRUE(w.ok() && g.ok());
+      ASSERT_EQ(*g, *w) << "position " << pos;
+      token = ArgMaxRows(*w, vocab)[0];
+    }
+  }
+}
+
+// Verify(k drafts) then Commit(a) leaves the cache as if the a tokens had been decoded one by
+// one: later steps see the same keys. On the CPU this holds bit for bit for every dtype.
+class VerifyCommitTest : public ::testing::TestWithParam<std::tuple<std::string, kv::CacheDtype>> {
+};
+
+TEST_P(VerifyCommitTest, CommittingAPrefixEqualsDecodingIt) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 5);
+  ASSERT_NE(file, nullptr);
+  std::unique_ptr<Engine> engine = MakeEngine(backend, file, TestOptions(dtype, 16, 2));
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<int32_t> prompt = Prompt(14, vocab, 2);
+  const std::vector<int32_t> drafts = {17, 99, 5, 200};   // positions 14..17 (crosses 16)
+  const std::vector<int32_t> table_a = BlockRange(0, 4);  // speculative path
+  const std::vector<int32_t> table_b = BlockRange(4, 4);  // reference path
+  ASSERT_TRUE(engine->Prefill({table_a, 0, 0}, prompt).ok());
+  ASSERT_TRUE(engine->Prefill({table_b, 0, 1}, prompt).ok());
+
+  absl::StatusOr<std::vector<float>> verify = engine->Verify({table_a, 14, 0}, drafts);
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  ASSERT_EQ(verify->size(), 4 * static_cast<size_t>(vocab));
+  // The reference decodes drafts[0..2] one at a time; its logits are the Verify's rows.
+  std::vector<float> reference;
+  for (int64_t i = 0; i < 3; ++i) {
+    const DecodeItem item{{table_b, 14 + i, 1}, drafts[static_cast<size_t>(i)]};
+    absl::StatusOr<std::vector<float>> row = engine->DecodeStep({&item, 1});
+    ASSERT_TRUE(row.ok()) << row.status();
+    reference.insert(reference.end(), row->begin(), row->end());
+  }
+  const std::vector<float> verify_rows(verify->begin(), verify->begin() + 3 * vocab);
+  if (backend == "cpu") {
+    EXPECT_EQ(verify_rows, reference);
+  } else {
+    EXPECT_TRUE(LogitsNear(verify_rows, reference, 2e-2f, 1e-2f));
+  }
+
+  // Accept 3 (positions 14, 15, 16: completes block 0), then both continue identically.
+  EXPECT_EQ(engine->Commit({table_a, 14, 0}, 3).code(), absl::StatusCode::kOk);
+  for (int64_t pos = 17; pos < 21; ++pos) {
+    const int32_t token = static_cast<int32_t>(pos * 7 % vocab);
+    const DecodeItem items[] = {{{table_a, pos, 0}, token}, {{table_b, pos, 1}, token}};
+    absl::StatusOr<std::vector<float>> rows = engine->DecodeStep(items);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    const std::vector<float> a(rows->begin(), rows->begin() + vocab);
+    const std::vector<float> b(rows->begin() + vocab, rows->end());
+    if (backend == "cpu") {
+      EXPECT_EQ(a, b) << "position " << pos;
+    } else {
+      EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "position " << pos;
+    }
+  }
+}
+
+TEST_P(VerifyCommitTest, CommitNeedsAMatchingVerify) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kF16, 5);
+  std::unique_ptr<Engine> engine = MakeEngine(backend, file, TestOptions(dtype, 16, 2));
+  ASSERT_NE(engine, nullptr);
+  const std::vector<int32_t> table = BlockRange(0, 4);
+  const std::vector<int32_t> other = BlockRange(4, 4);
+  ASSERT_TRUE(engine->Prefill({table, 0, 0}, {1, 2, 3, 4, 5}).ok());
+  EXPECT_EQ(engine->Commit({table, 5, 0}, 1).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(engine->Verify({table, 5, 0}, {6, 7, 8}).ok());
+  EXPECT_EQ(engine->Commit({table, 5, 0}, 4).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Commit({table, 4, 0}, 1).code(), absl::StatusCode::kFailedPrecondition);
+  // Another sequence may run in between.
+  ASSERT_TRUE(engine->Prefill({other, 0, 1}, {9, 9}).ok());
+  EXPECT_TRUE(engine->Commit({table, 5, 0}, 2).ok());
+  // Committed: a second Commit has nothing pending.
+  EXPECT_EQ(engine->Commit({table, 5, 0}, 2).code(), absl::StatusCode::kFailedPrecondition);
+  // A decode step of the sequence ends its pending Verify.
+  ASSERT_TRUE(engine->Verify({table, 7, 0}, {1, 2}).ok());
+  const DecodeItem item{{table, 7, 0}, 3};
+  ASSERT_TRUE(engine->DecodeStep({&item, 1}).ok());
+  EXPECT_EQ(engine->Commit({table, 7, 0}, 1).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, VerifyCommitTest,
+                         ::testing::Combine(::testing::Values("cpu", "vulkan"),
+                                            ::testing::Values(kv::CacheDtype::kF32,
+                                                              kv::CacheDtype::kF16,
+                                                              kv::CacheDtype::kFp8E4M3)),
+                         BackendDtypeName);
+
+// An FP8 pool of the same bytes holds >= 1.9x the tokens of an F16 pool (data + scales).
+TEST(KvPoolSizingTest, Fp8HoldsAtLeast1p9xTheTokensOfF16) {
+  for (const ModelShape& shape : {TinyShape(), SmallShape(64), SmallShape(128)}) {
+    std::shared_ptr<const GgufFile> file = SyntheticFile(shape, GgmlType::kQ4_0, 1);
+    ASSERT_NE(file, nullptr);
+    EngineOptions options;
+    options.kv_pool_bytes = int64_t{8} << 20;
+    options.kv_dtype = kv::CacheDtype::kF16;
+    std::unique_ptr<Engine> f16 = MakeEngine("cpu", file, options);
+    options.kv_dtype = kv::CacheDtype::kFp8E4M3;
+    std::unique_ptr<Engine> fp8 = MakeEngine("cpu", file, options);
+    ASSERT_NE(f16, nullptr);
+    ASSERT_NE(fp8, nullptr);
+    EXPECT_LE(fp8->kv_layout().pool_bytes(), options.kv_pool_bytes);
+    EXPECT_LE(f16->kv_layout().pool_bytes(), options.kv_pool_bytes);
+    const double ratio = static_cast<double>(fp8->kv_layout().token_capacity()) /
+                         static_cast<double>(f16->kv_layout().token_capacity());
+    EXPECT_GE(ratio, 1.9) << shape.name;
+    std::printf("[%s] fp8 / f16 tokens in %lld bytes: %lld / %lld = %.3f\n", shape.name.c_str(),
+                static_cast<long long>(options.kv_pool_bytes),
+                static_cast<long long>(fp8->kv_layout().token_capacity()),
+                static_cast<long long>(f16->kv_layout().token_capacity()), ratio);
+  }
+}
+
+}  // namespace
+}  // namespace duet::testing
