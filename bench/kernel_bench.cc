@@ -110,22 +110,22 @@ void BM_StreamRead(benchmark::State& state) {
   absl::StatusOr<const Pipeline*> pipeline =
       g_env->kernels->Get<StreamPush>(KernelId::kStreamReadF32);
   absl::StatusOr<std::unique_ptr<CommandList>> cl = CommandList::Create(&device);
-  if (!pipeline.ok() || !cl.ok()) return Fail(state, pipeline.ok() ? cl.status() : pipeline.status());
+  if (!pipeline.ok() || !cl.ok())
+    return Fail(state, pipeline.ok() ? cl.status() : pipeline.status());
   for (auto _ : state) {
-    absl::Status status = (*cl)->Dispatch(**pipeline, {in->view(), out->view()},
-                                          StreamPush{static_cast<uint32_t>(bytes / 16)},
-                                          Groups{num_groups});
+    absl::Status status =
+        (*cl)->Dispatch(**pipeline, {in->view(), out->view()},
+                        StreamPush{static_cast<uint32_t>(bytes / 16)}, Groups{num_groups});
     if (status.ok()) status = (*cl)->Submit();
     if (!status.ok()) return Fail(state, status);
   }
-  state.counters["bytes_per_second"] = benchmark::Counter(
-      static_cast<double>(bytes) * static_cast<double>(state.iterations()),
-      benchmark::Counter::kIsRate);
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(static_cast<double>(bytes) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate);
 }
 
 // One RecordMatMul of a `type` weight [rows (out), cols (in)] against `tokens` vectors.
-void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t cols,
-               int64_t tokens) {
+void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t cols, int64_t tokens) {
   Device& device = *g_env->device;
   const std::vector<uint8_t> w_bytes = RandomWeight(type, rows, cols, 1234);
   std::vector<float> x(MatMulActivationBytes(tokens, cols, cols) / 4);
@@ -142,14 +142,14 @@ void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t col
   if (!cl.ok()) return Fail(state, cl.status());
   const WeightView wv{type, rows, cols, w->view()};
   const uint64_t weight_bytes = static_cast<uint64_t>(rows * GgmlRowBytes(type, cols));
-  const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(cols) *
-                       static_cast<double>(tokens);
-  const int64_t repeats = std::max<int64_t>(
-      1, std::min(static_cast<int64_t>(kTargetBytesPerSubmit / weight_bytes),
-                  static_cast<int64_t>(kTargetFlopsPerSubmit / flops)));
+  const double flops =
+      2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(tokens);
+  const int64_t repeats =
+      std::max<int64_t>(1, std::min(static_cast<int64_t>(kTargetBytesPerSubmit / weight_bytes),
+                                    static_cast<int64_t>(kTargetFlopsPerSubmit / flops)));
   // Warm-up: the first dispatch compiles the pipeline (seconds on lavapipe).
-  absl::Status status = RecordMatMul(**cl, *g_env->kernels, wv, xb->view(), y->view(), tokens, {},
-                                     &g_env->config);
+  absl::Status status =
+      RecordMatMul(**cl, *g_env->kernels, wv, xb->view(), y->view(), tokens, {}, &g_env->config);
   if (status.ok()) status = (*cl)->Submit();
   if (!status.ok()) return Fail(state, status);
   for (auto _ : state) {
@@ -171,8 +171,7 @@ void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t col
 // SmolLM2-135M projections as {rows (out), cols (in)}: q/o (576x576), gate/up (1536x576),
 // down (576x1536), and the tied output projection (49152x576).
 constexpr int64_t kShapes[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
-constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16,
-                               GgmlType::kF32};
+constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16, GgmlType::kF32};
 
 void RegisterAll() {
   benchmark::RegisterBenchmark("stream_read/32MiB", BM_StreamRead)
@@ -182,7 +181,8 @@ void RegisterAll() {
     const bool decode = std::strcmp(kind, "matvec") == 0;
     for (GgmlType type : kTypes) {
       for (const auto& shape : kShapes) {
-        for (int64_t tokens : decode ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{128, 512}) {
+        for (int64_t tokens :
+             decode ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{128, 512}) {
           const std::string name = absl::StrCat(kind, "/", std::string(GgmlTypeName(type)), "/",
                                                 shape[1], "x", shape[0], "/tokens:", tokens);
           benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, type, shape[0], shape[1], tokens)
@@ -206,7 +206,9 @@ bool ParseConfigFlags(int argc, char** argv, MatMulConfig* config) {
     }
     const std::string key = arg.substr(2, eq - 2);
     const std::string value = arg.substr(eq + 1);
-    const auto u32 = [&]() { return static_cast<uint32_t>(std::strtoul(value.c_str(), nullptr, 10)); };
+    const auto u32 = [&]() {
+      return static_cast<uint32_t>(std::strtoul(value.c_str(), nullptr, 10));
+    };
     const auto pair = [&](uint32_t* a, uint32_t* b) {
       return std::sscanf(value.c_str(), "%ux%u", a, b) == 2;
     };
@@ -236,8 +238,8 @@ std::string ConfigString(const MatMulConfig& c) {
   return absl::StrCat("matvec wg ", c.matvec_workgroup, " k_lanes ", c.matvec_k_lanes,
                       " rows/lane ", c.matvec_rows_per_lane, " x_broadcast ",
                       c.matvec_x_broadcast ? 1 : 0, " max_tokens ", c.matvec_max_tokens,
-                      "; matmul tile ", c.tile_rows, "x", c.tile_tokens, " thread ",
-                      c.thread_rows, "x", c.thread_tokens, " shared ", c.shared_tiles ? 1 : 0);
+                      "; matmul tile ", c.tile_rows, "x", c.tile_tokens, " thread ", c.thread_rows,
+                      "x", c.thread_tokens, " shared ", c.shared_tiles ? 1 : 0);
 }
 
 }  // namespace
@@ -262,8 +264,7 @@ int main(int argc, char** argv) {
   }
   g_env = &env;
   benchmark::AddCustomContext("device", env.device->info().name);
-  benchmark::AddCustomContext("device_type",
-                              std::string(DeviceTypeName(env.device->info().type)));
+  benchmark::AddCustomContext("device_type", std::string(DeviceTypeName(env.device->info().type)));
   benchmark::AddCustomContext("subgroup_size", std::to_string(env.device->limits().subgroup_size));
   benchmark::AddCustomContext("matmul_config", ConfigString(env.config));
   RegisterAll();

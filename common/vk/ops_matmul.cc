@@ -57,8 +57,8 @@ absl::StatusOr<KernelId> MatVecKernel(GgmlType type) {
     case GgmlType::kQ4_0:
       return KernelId::kMatvecQ4_0;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "RecordMatMul: no kernel for weight type ", std::string(GgmlTypeName(type))));
+      return absl::InvalidArgumentError(absl::StrCat("RecordMatMul: no kernel for weight type ",
+                                                     std::string(GgmlTypeName(type))));
   }
 }
 
@@ -73,8 +73,8 @@ absl::StatusOr<KernelId> MatMulKernel(GgmlType type) {
     case GgmlType::kQ4_0:
       return KernelId::kMatmulQ4_0;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "RecordMatMul: no kernel for weight type ", std::string(GgmlTypeName(type))));
+      return absl::InvalidArgumentError(absl::StrCat("RecordMatMul: no kernel for weight type ",
+                                                     std::string(GgmlTypeName(type))));
   }
 }
 
@@ -103,6 +103,30 @@ int64_t TokensPerDispatch(uint64_t range, uint64_t align, int64_t x_stride, int6
     return static_cast<int64_t>((usable - last_bytes) / (U64(stride) * 4)) + 1;
   };
   return std::min(fit(x_stride, cols), fit(y_stride, y_cols));
+}
+
+// The matmul tile for `count` tokens: when they fill less than one configured tile, the token
+// side shrinks to the thread tile multiple that covers them (no invocations computing padding)
+// and the row side grows, up to the configured invocation count (and shared memory), so the
+// workgroup stays as wide.
+struct Tile {
+  uint32_t rows = 0;
+  uint32_t tokens = 0;
+};
+
+Tile FitTile(const MatMulConfig& c, int64_t count, uint32_t max_shared_bytes) {
+  Tile tile{c.tile_rows, c.tile_tokens};
+  if (count >= c.tile_tokens) return tile;
+  tile.tokens =
+      static_cast<uint32_t>((U64(count) + c.thread_tokens - 1) / c.thread_tokens) * c.thread_tokens;
+  const uint64_t invocations = U64(c.tile_rows / c.thread_rows) * (c.tile_tokens / c.thread_tokens);
+  const auto fits = [&](uint32_t rows) {
+    const uint64_t wg = U64(rows / c.thread_rows) * (tile.tokens / c.thread_tokens);
+    const uint64_t shared = (U64(rows) + tile.tokens) * 9 * 16;
+    return wg <= invocations && (!c.shared_tiles || shared <= max_shared_bytes);
+  };
+  while (fits(tile.rows * 2)) tile.rows *= 2;
+  return tile;
 }
 
 }  // namespace
@@ -177,7 +201,8 @@ absl::Status ValidateMatMulConfig(const Device& device, const MatMulConfig& c) {
   if (wg > limits.max_workgroup_invocations || wg > limits.max_workgroup_size[0]) {
     return bad("matmul workgroup ", wg, " exceeds the device limit");
   }
-  if (c.shared_tiles && (U64(c.tile_rows) + c.tile_tokens) * 9 * 16 > limits.max_shared_memory_bytes) {
+  if (c.shared_tiles &&
+      (U64(c.tile_rows) + c.tile_tokens) * 9 * 16 > limits.max_shared_memory_bytes) {
     return bad("tiles ", c.tile_rows, "x", c.tile_tokens, " need more than ",
                limits.max_shared_memory_bytes, " bytes of shared memory");
   }
@@ -189,20 +214,22 @@ std::string MatMulKernelName(const MatMulConfig& config, int64_t n_tokens) {
 }
 
 absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
-                          BufferView x, BufferView y, int64_t n_tokens,
-                          const MatMulLayout& layout, const MatMulConfig* config_in) {
+                          BufferView x, BufferView y, int64_t n_tokens, const MatMulLayout& layout,
+                          const MatMulConfig* config_in) {
   constexpr const char* kOp = "RecordMatMul";
   const Device& device = kernels.device();
   const MatMulConfig config = config_in != nullptr ? *config_in : DefaultMatMulConfig(device);
   DUET_RETURN_IF_ERROR(ValidateMatMulConfig(device, config));
   const bool use_matvec = n_tokens <= config.matvec_max_tokens;
-  DUET_ASSIGN_OR_RETURN(const KernelId id, use_matvec ? MatVecKernel(w.type) : MatMulKernel(w.type));
+  DUET_ASSIGN_OR_RETURN(const KernelId id,
+                        use_matvec ? MatVecKernel(w.type) : MatMulKernel(w.type));
 
   // Shapes and layout.
   if (w.rows <= 0 || w.cols <= 0 || n_tokens <= 0 || w.rows > INT32_MAX || w.cols > INT32_MAX ||
       n_tokens > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": rows ", w.rows, ", cols ", w.cols,
-                                                   ", n_tokens ", n_tokens, " must be in [1, 2^31)"));
+                                                   ", n_tokens ", n_tokens,
+                                                   " must be in [1, 2^31)"));
   }
   const int64_t block = TraitsOf(w.type).block_size;
   if (w.cols % block != 0) {
@@ -213,9 +240,9 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const int64_t x_stride = layout.x_stride == 0 ? w.cols : layout.x_stride;
   const int64_t y_stride = layout.y_stride == 0 ? w.rows : layout.y_stride;
   if (x_stride < w.cols || layout.y_column < 0 || y_stride < layout.y_column + w.rows) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kOp, ": x_stride ", x_stride, " < cols ", w.cols, " or y_stride ", y_stride,
-        " < y_column ", layout.y_column, " + rows ", w.rows));
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": x_stride ", x_stride, " < cols ", w.cols,
+                                                   " or y_stride ", y_stride, " < y_column ",
+                                                   layout.y_column, " + rows ", w.rows));
   }
 
   // Views.
@@ -227,13 +254,14 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
         absl::StrCat(kOp, ": weight, x and y views must start at multiples of ", align));
   }
   if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kOp, ": weight view holds ", w.data.size, " bytes, needs ",
-        MatMulWeightBytes(w.type, w.rows, w.cols), " (rows padded to 16 bytes)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": weight view holds ", w.data.size, " bytes, needs ",
+                     MatMulWeightBytes(w.type, w.rows, w.cols), " (rows padded to 16 bytes)"));
   }
   if (x.size < MatMulActivationBytes(n_tokens, x_stride, w.cols)) {
-    return absl::InvalidArgumentError(absl::StrCat(kOp, ": x holds ", x.size, " bytes, needs ",
-                                                   MatMulActivationBytes(n_tokens, x_stride, w.cols)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": x holds ", x.size, " bytes, needs ",
+                     MatMulActivationBytes(n_tokens, x_stride, w.cols)));
   }
   const uint64_t y_needed = (U64(n_tokens - 1) * U64(y_stride) + U64(layout.y_column + w.rows)) * 4;
   if (y.size < y_needed) {
@@ -249,14 +277,13 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": bindable range ", w_range, " too small"));
   }
-  DUET_ASSIGN_OR_RETURN(
-      std::vector<RowChunk> chunks,
-      SplitRows(w.data.Sub(0, U64(w.rows) * U64(row_bytes)), w.rows, row_bytes,
-                w_range - kMatMulAlignment, align));
+  DUET_ASSIGN_OR_RETURN(std::vector<RowChunk> chunks,
+                        SplitRows(w.data.Sub(0, U64(w.rows) * U64(row_bytes)), w.rows, row_bytes,
+                                  w_range - kMatMulAlignment, align));
   for (RowChunk& chunk : chunks) {
     const uint64_t rel = chunk.view.offset - w.data.offset;
-    chunk.view = w.data.Sub(rel, std::min(RoundUp(chunk.view.size, kMatMulAlignment),
-                                          w.data.size - rel));
+    chunk.view =
+        w.data.Sub(rel, std::min(RoundUp(chunk.view.size, kMatMulAlignment), w.data.size - rel));
   }
 
   // Token groups: at most kMaxVecsPerDispatch for matvec, else as many as x and y windows allow.
@@ -274,8 +301,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const uint32_t w_aligned = row_bytes % 16 == 0 ? 1 : 0;
   // One x load per subgroup, handed out by subgroupBroadcast (matvec.comp, X_BROADCAST).
   const uint32_t x_broadcast =
-      config.matvec_x_broadcast && config.matvec_k_lanes == 1 && limits.subgroup_size >= 8 ? 1
-                                                                                           : 0;
+      config.matvec_x_broadcast && config.matvec_k_lanes == 1 && limits.subgroup_size >= 8 ? 1 : 0;
   // Quantized variants never read W_ALIGNED (the last constant), so their SPIR-V lacks it.
   const size_t drop = TraitsOf(w.type).block_size > 1 ? 1 : 0;
   const uint32_t max_x = limits.max_workgroup_count[0];
@@ -284,9 +310,10 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
     const Window xw = MakeWindow(x, U64(t0) * U64(x_stride),
                                  U64(t0 + count - 1) * U64(x_stride) + U64(w.cols), align);
     const uint64_t y_first = U64(t0) * U64(y_stride) + U64(layout.y_column);
-    const Window yw = MakeWindow(y, y_first, y_first + U64(count - 1) * U64(y_stride) + U64(w.rows),
-                                 align);
+    const Window yw =
+        MakeWindow(y, y_first, y_first + U64(count - 1) * U64(y_stride) + U64(w.rows), align);
     const Pipeline* pipeline = nullptr;
+    Tile tile;
     if (use_matvec) {
       const uint32_t spec[] = {config.matvec_workgroup,
                                config.matvec_k_lanes,
@@ -295,37 +322,37 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                x_aligned,
                                x_broadcast,
                                w_aligned};
-      DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatVecPush>(
-                                          id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
+      DUET_ASSIGN_OR_RETURN(
+          pipeline, kernels.Get<MatVecPush>(id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
     } else {
-      const uint32_t wg = (config.tile_rows / config.thread_rows) *
-                          (config.tile_tokens / config.thread_tokens);
+      tile = FitTile(config, count, limits.max_shared_memory_bytes);
+      const uint32_t wg = (tile.rows / config.thread_rows) * (tile.tokens / config.thread_tokens);
       const uint32_t spec[] = {wg,
-                               config.tile_rows,
-                               config.tile_tokens,
+                               tile.rows,
+                               tile.tokens,
                                config.thread_rows,
                                config.thread_tokens,
                                config.shared_tiles ? 1u : 0u,
                                x_aligned,
                                w_aligned};
-      DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatMulPush>(
-                                          id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
+      DUET_ASSIGN_OR_RETURN(
+          pipeline, kernels.Get<MatMulPush>(id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
     }
     for (const RowChunk& chunk : chunks) {
       const uint32_t y_offset = yw.offset + U32(chunk.first_row);
       if (use_matvec) {
         const MatVecPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
-                              xw.offset, U32(y_stride), y_offset};
-        const uint64_t rows_per_group = U64(config.matvec_rows_per_lane) *
-                                        (config.matvec_workgroup / config.matvec_k_lanes);
+                              xw.offset,   U32(y_stride),       y_offset};
+        const uint64_t rows_per_group =
+            U64(config.matvec_rows_per_lane) * (config.matvec_workgroup / config.matvec_k_lanes);
         DUET_RETURN_IF_ERROR(cl.Dispatch(
             *pipeline, {chunk.view, xw.view, yw.view}, push,
             Groups1D((U64(chunk.num_rows) + rows_per_group - 1) / rows_per_group, max_x)));
       } else {
         const MatMulPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
-                              xw.offset, U32(y_stride), y_offset, U32(count)};
-        const uint64_t row_tiles = (U64(chunk.num_rows) + config.tile_rows - 1) / config.tile_rows;
-        const uint64_t token_tiles = (U64(count) + config.tile_tokens - 1) / config.tile_tokens;
+                              xw.offset,   U32(y_stride),       y_offset,       U32(count)};
+        const uint64_t row_tiles = (U64(chunk.num_rows) + tile.rows - 1) / tile.rows;
+        const uint64_t token_tiles = (U64(count) + tile.tokens - 1) / tile.tokens;
         if (row_tiles > max_x || token_tiles > limits.max_workgroup_count[1]) {
           return absl::InvalidArgumentError(absl::StrCat(
               kOp, ": ", row_tiles, " x ", token_tiles, " tiles exceed the workgroup count limit"));

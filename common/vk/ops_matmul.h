@@ -57,9 +57,9 @@ struct MatMulLayout {
 // DefaultMatMulConfig(device); docs/performance.md records how they were tuned.
 struct MatMulConfig {
   // Decode kernel (matvec.comp).
-  int64_t matvec_max_tokens = 8;    // n_tokens <= this uses matvec (larger: matmul)
-  uint32_t matvec_workgroup = 64;   // invocations; a multiple of the subgroup size
-  uint32_t matvec_k_lanes = 1;      // lanes sharing one row: power of two <= subgroup size
+  int64_t matvec_max_tokens = 8;   // n_tokens <= this uses matvec (larger: matmul)
+  uint32_t matvec_workgroup = 64;  // invocations; a multiple of the subgroup size
+  uint32_t matvec_k_lanes = 1;     // lanes sharing one row: power of two <= subgroup size
   uint32_t matvec_rows_per_lane = 2;
   // With matvec_k_lanes == 1 (and subgroups of >= 8 lanes): each x vec4 is loaded by one lane
   // and shared with subgroupBroadcast, for devices where buffer loads cost far more than

@@ -10,7 +10,7 @@
 //
 // Blocks of 34 (Q8_0) and 18 (Q4_0) bytes, and F16/F32 rows whose length is not a multiple of 8
 // or 4 elements, sit at any even byte offset. They are read as whole aligned 16-byte units and
-// shifted into place in registers (duet_shift_words): one wide load is far cheaper than several
+// shifted into place in registers (DUET_SHIFTED_WORD): one wide load is far cheaper than several
 // narrow ones, on GPUs (fewer memory transactions) and on CPU drivers such as lavapipe (each
 // load instruction costs a per-lane loop).
 //

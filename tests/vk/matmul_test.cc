@@ -44,8 +44,8 @@ double RelTol(GgmlType type) {
 }
 
 struct Shape {
-  int64_t cols;      // in
-  int64_t rows;      // out
+  int64_t cols;  // in
+  int64_t rows;  // out
   int64_t n_tokens;
 };
 
@@ -129,8 +129,8 @@ void CheckMatMul(Device& device, Kernels& kernels, CommandList& cl, std::mt19937
       const double err = std::fabs(static_cast<double>(got) - want);
       worst = std::max(worst, scale > 0 ? err / scale : err);
       if (!(err <= tol * scale + 1e-30) && ++failures <= 5) {
-        ADD_FAILURE() << "y[" << t << ", " << r << "] = " << got << ", want " << want
-                      << " (error " << err << ", row scale " << scale << ")";
+        ADD_FAILURE() << "y[" << t << ", " << r << "] = " << got << ", want " << want << " (error "
+                      << err << ", row scale " << scale << ")";
       }
     }
   }
@@ -179,8 +179,8 @@ TEST_P(MatMulTest, MatchesCpuReference) {
   const bool blocked = TraitsOf(type).block_size > 1;
   std::mt19937 rng(testing::TestSeed());
   std::vector<Shape> shapes = {
-      {32, 1, 1},    {64, 3, 3},     {96, 7, 8},    {576, 17, 1},  {576, 64, 8},
-      {96, 100, 17}, {160, 33, 64},  {576, 100, 9}, {64, 5, 100},  {1536, 40, 3},
+      {32, 1, 1},    {64, 3, 3},    {96, 7, 8},    {576, 17, 1}, {576, 64, 8},
+      {96, 100, 17}, {160, 33, 64}, {576, 100, 9}, {64, 5, 100}, {1536, 40, 3},
   };
   if (!blocked) {
     // Rows whose length is not a multiple of the 32-element unit, of 8 (F16) or of 4 (F32).
@@ -214,6 +214,46 @@ TEST_P(MatMulTest, StridedInputsAndColumnSliceOfOutput) {
       }
       CheckMatMul(device(), kernels(), cl(), rng, type, {96, 8, n}, configs[i],
                   MatMulLayout{.x_stride = 128, .y_stride = 13, .y_column = 4});
+    }
+  }
+}
+
+// The engine decodes with matvec at every batch size and relies on each sequence's result not
+// depending on what else is in the batch: a vector's sums must be bit-identical whether it runs
+// alone (NUM_VECS 1), in a group of 3 or 8, or in the second group of a 12-token batch.
+TEST_P(MatMulTest, MatVecResultsDoNotDependOnTheBatch) {
+  const GgmlType type = GetParam();
+  std::mt19937 rng(testing::TestSeed());
+  const int64_t rows = 70;
+  const int64_t cols = 192;
+  const HostWeight w = MakeWeight(rng, type, rows, cols);
+  const int64_t n = 12;
+  const std::vector<float> x = MakeActivations(rng, n, cols, cols);
+  Buffer w_buf = UploadBytes(device(), w.bytes.data(), w.bytes.size(), MemoryKind::kDevice);
+  Buffer x_buf = UploadBytes(device(), x.data(), x.size() * 4, MemoryKind::kDevice);
+  MatMulConfig config = DefaultMatMulConfig(device());
+  config.matvec_max_tokens = n;
+  const WeightView wv{type, rows, cols, w_buf.view()};
+  const auto run = [&](int64_t first, int64_t count) {
+    Buffer y = PoisonedBuffer(device(), static_cast<uint64_t>(count * rows) * 4);
+    const uint64_t x_bytes = MatMulActivationBytes(count, cols, cols);
+    const BufferView xs = x_buf.view(static_cast<uint64_t>(first * cols) * 4, x_bytes);
+    EXPECT_TRUE(RecordMatMul(cl(), kernels(), wv, xs, y.view(), count, {}, &config).ok());
+    EXPECT_TRUE(cl().Submit().ok());
+    return Download<float>(device(), y.view());
+  };
+  const std::vector<float> all = run(0, n);  // groups of 8 and 4
+  for (int64_t first : {int64_t{0}, int64_t{8}}) {
+    for (int64_t count : {int64_t{1}, int64_t{3}}) {
+      const std::vector<float> part = run(first, count);
+      for (int64_t i = 0; i < count * rows; ++i) {
+        ASSERT_EQ(std::memcmp(&part[static_cast<size_t>(i)],
+                              &all[static_cast<size_t>(first * rows + i)], 4),
+                  0)
+            << "token " << first + i / rows << " row " << i % rows << " alone in a group of "
+            << count << ": " << part[static_cast<size_t>(i)] << " vs "
+            << all[static_cast<size_t>(first * rows + i)];
+      }
     }
   }
 }
@@ -299,18 +339,18 @@ TEST_F(MatMulErrorsTest, RejectsBadArguments) {
     return RecordMatMul(cl(), kernels(), w, x, y, n, layout).code();
   };
   constexpr auto kInvalid = absl::StatusCode::kInvalidArgument;
-  EXPECT_EQ(run({GgmlType::kQ4_K, 4, 256, v}, v, v, 1), kInvalid);          // no kernel
-  EXPECT_EQ(run({GgmlType::kBF16, 4, 64, v}, v, v, 1), kInvalid);           // no kernel
-  EXPECT_EQ(run({GgmlType::kQ8_0, 4, 40, v}, v, v, 1), kInvalid);           // partial block
-  EXPECT_EQ(run({GgmlType::kF32, 0, 64, v}, v, v, 1), kInvalid);            // empty
-  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 0), kInvalid);            // no tokens
+  EXPECT_EQ(run({GgmlType::kQ4_K, 4, 256, v}, v, v, 1), kInvalid);             // no kernel
+  EXPECT_EQ(run({GgmlType::kBF16, 4, 64, v}, v, v, 1), kInvalid);              // no kernel
+  EXPECT_EQ(run({GgmlType::kQ8_0, 4, 40, v}, v, v, 1), kInvalid);              // partial block
+  EXPECT_EQ(run({GgmlType::kF32, 0, 64, v}, v, v, 1), kInvalid);               // empty
+  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 0), kInvalid);               // no tokens
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v.Sub(0, 1000)}, v, v, 1), kInvalid);  // small weight
-  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v.Sub(0, 200), v, 1), kInvalid);  // small x
-  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v.Sub(0, 8), 2), kInvalid);    // small y
+  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v.Sub(0, 200), v, 1), kInvalid);   // small x
+  EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v.Sub(0, 8), 2), kInvalid);     // small y
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 1, {.x_stride = 32}), kInvalid);
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 1, {.y_stride = 6, .y_column = 3}), kInvalid);
-  const uint64_t align = std::max(kMatMulAlignment,
-                                  device().limits().min_storage_buffer_offset_alignment);
+  const uint64_t align =
+      std::max(kMatMulAlignment, device().limits().min_storage_buffer_offset_alignment);
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v.Sub(align / 2, 4096)}, v, v, 1), kInvalid);
   MatMulConfig bad = DefaultMatMulConfig(device());
   bad.matvec_k_lanes = 3;
