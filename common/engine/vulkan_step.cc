@@ -86,6 +86,13 @@ absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSe
   const vk::MatMulConfig* mm = kind == StepKind::kPrefill ? &prefill_matmul_ : &decode_matmul_;
   const uint64_t kv_bytes = U64(rows * c.kv_dim()) * 4;
   const vk::BufferView table = a.seq_table.view(0, table_words * 4);
+  // FP8 seals only blocks the step completes; most decode steps complete none (a dispatch
+  // saved per layer, which is most of a small model's cost on a CPU device).
+  bool seals = false;
+  for (const vk::AttnSequence& s : attn_seqs) {
+    const int64_t bs = layout_.block_size;
+    seals |= (s.num_cached / bs + 1) * bs <= s.num_cached + s.num_new;
+  }
 
   // Adds a bias [dim] to every row of y [rows, dim], kBiasRows rows per dispatch.
   auto add_bias = [&](vk::BufferView y, vk::BufferView bias, int64_t dim) -> absl::Status {
@@ -139,7 +146,7 @@ absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSe
     step.seq_table = table;
     step.k_new = k_new;
     step.v_new = v_new;
-    DUET_RETURN_IF_ERROR(vk::RecordKvSeal(cl, kernels, step));
+    if (seals) DUET_RETURN_IF_ERROR(vk::RecordKvSeal(cl, kernels, step));
     if (kind == StepKind::kPrefill) {
       DUET_RETURN_IF_ERROR(
           vk::RecordFlashAttnPrefill(cl, kernels, step, c.num_heads, a.q.view(), a.attn.view()));

@@ -1,7 +1,7 @@
 // Whole-model logits of the Vulkan engine against the CPU engine (the oracle) on synthetic
 // models: every weight type (F32, F16, Q8_0, Q4_0) x KV dtype (F32, F16, FP8) x shape (tiny,
-// head_dim 64 and 128 with GQA). One scenario per case drives both engines through the same
-// calls with the same tokens:
+// head_dim 64 and 128 with GQA), and a qwen2 variant of tiny (qkv biases, NeoX RoPE). One scenario
+// per case drives both engines through the same calls with the same tokens:
 //   - sequence A: a 43-token prompt in one chunk (all logits);
 //   - sequence B: the same prompt in chunks of 16, 5, 22 (all logits; equal to A's within the
 //     backend's own tolerance, and A's and B's K/V then live in different blocks);
@@ -125,6 +125,13 @@ class VulkanVsCpuTest : public ::testing::TestWithParam<Case> {};
 
 ModelShape ShapeByName(const std::string& name) {
   if (name == "tiny") return TinyShape();
+  if (name == "qwen2") {  // qkv biases, NeoX RoPE
+    ModelShape shape = TinyShape();
+    shape.name = "tiny-qwen2";
+    shape.architecture = Architecture::kQwen2;
+    shape.qkv_bias = true;
+    return shape;
+  }
   return SmallShape(name == "hd64" ? 64 : 128);
 }
 
@@ -185,6 +192,13 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, VulkanVsCpuTest,
                                             ::testing::Values(kv::CacheDtype::kF32,
                                                               kv::CacheDtype::kF16,
                                                               kv::CacheDtype::kFp8E4M3)),
+                         CaseName);
+
+// The qwen2 architecture (biases added per row on the device, NeoX rotation).
+INSTANTIATE_TEST_SUITE_P(Qwen2, VulkanVsCpuTest,
+                         ::testing::Values(Case{"qwen2", GgmlType::kF16, kv::CacheDtype::kF16},
+                                           Case{"qwen2", GgmlType::kQ8_0,
+                                                kv::CacheDtype::kFp8E4M3}),
                          CaseName);
 
 }  // namespace
