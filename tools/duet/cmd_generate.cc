@@ -158,6 +158,7 @@ int RunGenerate(const Args& args) {
     Emit(stop_matcher.Flush());
   }
   std::printf("\n");
+  std::fflush(stdout);  // Before the timing line on stderr.
   const double decode_seconds = SecondsSince(decode_start);
   // The first generated token comes from the prefill's logits; the rest each took a step.
   const double decode_steps = static_cast<double>(generated.size() - 1);
