@@ -27,20 +27,8 @@ CpuEngine::CpuEngine(std::shared_ptr<const GgufFile> file, ModelConfig config, M
       config_(std::move(config)),
       weights_(std::move(weights)),
       cache_(std::move(cache)),
-      verifies_(cache_.layout()) {
-  layer_vectors_.reserve(weights_.layers.size());
-  for (const LayerWeights& w : weights_.layers) {
-    LayerVectors v;
-    v.attn_norm = cpu_ref::DequantizeTensor(*w.attn_norm);
-    v.ffn_norm = cpu_ref::DequantizeTensor(*w.ffn_norm);
-    if (w.attn_q_bias != nullptr) v.q_bias = cpu_ref::DequantizeTensor(*w.attn_q_bias);
-    if (w.attn_k_bias != nullptr) v.k_bias = cpu_ref::DequantizeTensor(*w.attn_k_bias);
-    if (w.attn_v_bias != nullptr) v.v_bias = cpu_ref::DequantizeTensor(*w.attn_v_bias);
-    layer_vectors_.push_back(std::move(v));
-  }
-  output_norm_ = cpu_ref::DequantizeTensor(*weights_.output_norm);
-  if (weights_.rope_freqs != nullptr) rope_freqs_ = cpu_ref::DequantizeTensor(*weights_.rope_freqs);
-}
+      small_(cpu_ref::DecodeSmallWeights(weights_)),
+      verifies_(cache_.layout()) {}
 
 absl::StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Create(std::shared_ptr<const GgufFile> file,
                                                              const EngineOptions& options) {
@@ -57,7 +45,7 @@ absl::Status CpuEngine::RunLayer(int64_t layer, const kv::SequenceView& view, in
                                  bool commit, PendingKv* pending) {
   const ModelConfig& c = config_;
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
-  const LayerVectors& lv = layer_vectors_[static_cast<size_t>(layer)];
+  const cpu_ref::SmallWeights::Layer& lv = small_.layers[static_cast<size_t>(layer)];
   const int64_t hidden = c.hidden_dim;
 
   std::vector<float> h(static_cast<size_t>(hidden));            // [hidden]
@@ -82,8 +70,8 @@ absl::Status CpuEngine::RunLayer(int64_t layer, const kv::SequenceView& view, in
     AddInPlace(lv.q_bias, qt);
     AddInPlace(lv.k_bias, kt);
     AddInPlace(lv.v_bias, vt);
-    cpu_ref::ApplyRope(c, rope_freqs_, position, c.num_heads, qt);
-    cpu_ref::ApplyRope(c, rope_freqs_, position, c.num_kv_heads, kt);
+    cpu_ref::ApplyRope(c, small_.rope_freqs, position, c.num_heads, qt);
+    cpu_ref::ApplyRope(c, small_.rope_freqs, position, c.num_kv_heads, kt);
   }
 
   DUET_RETURN_IF_ERROR(cache_.SealCompleted(layer, view, k.data(), v.data(), n));
@@ -133,7 +121,8 @@ absl::StatusOr<std::vector<float>> CpuEngine::Run(const SequenceRef& seq,
   std::vector<float> logits(static_cast<size_t>((n - first) * c.vocab_size));
   std::vector<float> h(static_cast<size_t>(hidden));
   for (int64_t t = first; t < n; ++t) {
-    cpu_ref::RmsNorm(x.data() + t * hidden, output_norm_.data(), hidden, c.rms_norm_eps, h.data());
+    cpu_ref::RmsNorm(x.data() + t * hidden, small_.output_norm.data(), hidden, c.rms_norm_eps,
+                     h.data());
     cpu_ref::MatVec(*weights_.output, h.data(), logits.data() + (t - first) * c.vocab_size);
   }
   return logits;

@@ -18,6 +18,7 @@
 #include "common/engine/engine.h"
 #include "common/engine/engine_util.h"
 #include "common/kv/paged_kv.h"
+#include "common/model/cpu_forward.h"
 #include "common/model/gguf.h"
 #include "common/model/model_config.h"
 #include "common/model/model_weights.h"
@@ -45,14 +46,6 @@ class CpuEngine final : public Engine {
   absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
 
  private:
-  // f32 copies of a layer's norm weights and biases.
-  struct LayerVectors {
-    std::vector<float> attn_norm;  // [hidden]
-    std::vector<float> ffn_norm;   // [hidden]
-    std::vector<float> q_bias;     // [q_dim], empty without biases
-    std::vector<float> k_bias;     // [kv_dim], empty without biases
-    std::vector<float> v_bias;     // [kv_dim], empty without biases
-  };
   // A step's pending K and V rows, per layer: [num_layers][n, kv_dim] each.
   struct PendingKv {
     std::vector<std::vector<float>> k;
@@ -75,9 +68,7 @@ class CpuEngine final : public Engine {
   ModelConfig config_;
   ModelWeights weights_;
   kv::PagedKvCache cache_;
-  std::vector<LayerVectors> layer_vectors_;  // [num_layers]
-  std::vector<float> output_norm_;           // [hidden]
-  std::vector<float> rope_freqs_;            // [rope_dim / 2], empty when absent
+  cpu_ref::SmallWeights small_;  // norms, biases, rope factors as f32
   engine_internal::PendingVerifies<PendingKv> verifies_;
 };
 

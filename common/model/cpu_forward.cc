@@ -168,24 +168,35 @@ float* CpuKvCache::mutable_value(int64_t layer, int64_t position) {
   return values_.data() + Index(layer, position);
 }
 
+namespace cpu_ref {
+
+SmallWeights DecodeSmallWeights(const ModelWeights& weights) {
+  SmallWeights small;
+  small.layers.reserve(weights.layers.size());
+  for (const LayerWeights& w : weights.layers) {
+    SmallWeights::Layer v;
+    v.attn_norm = DequantizeTensor(*w.attn_norm);
+    v.ffn_norm = DequantizeTensor(*w.ffn_norm);
+    if (w.attn_q_bias != nullptr) v.q_bias = DequantizeTensor(*w.attn_q_bias);
+    if (w.attn_k_bias != nullptr) v.k_bias = DequantizeTensor(*w.attn_k_bias);
+    if (w.attn_v_bias != nullptr) v.v_bias = DequantizeTensor(*w.attn_v_bias);
+    small.layers.push_back(std::move(v));
+  }
+  small.output_norm = DequantizeTensor(*weights.output_norm);
+  if (weights.rope_freqs != nullptr) small.rope_freqs = DequantizeTensor(*weights.rope_freqs);
+  return small;
+}
+
+}  // namespace cpu_ref
+
 // ---------------------------------------------------------------------------------------------
 // CpuModel.
 
 CpuModel::CpuModel(std::shared_ptr<const GgufFile> file, ModelConfig config, ModelWeights weights)
-    : file_(std::move(file)), config_(std::move(config)), weights_(std::move(weights)) {
-  layer_vectors_.reserve(weights_.layers.size());
-  for (const LayerWeights& w : weights_.layers) {
-    LayerVectors v;
-    v.attn_norm = cpu_ref::DequantizeTensor(*w.attn_norm);
-    v.ffn_norm = cpu_ref::DequantizeTensor(*w.ffn_norm);
-    if (w.attn_q_bias != nullptr) v.q_bias = cpu_ref::DequantizeTensor(*w.attn_q_bias);
-    if (w.attn_k_bias != nullptr) v.k_bias = cpu_ref::DequantizeTensor(*w.attn_k_bias);
-    if (w.attn_v_bias != nullptr) v.v_bias = cpu_ref::DequantizeTensor(*w.attn_v_bias);
-    layer_vectors_.push_back(std::move(v));
-  }
-  output_norm_ = cpu_ref::DequantizeTensor(*weights_.output_norm);
-  if (weights_.rope_freqs != nullptr) rope_freqs_ = cpu_ref::DequantizeTensor(*weights_.rope_freqs);
-}
+    : file_(std::move(file)),
+      config_(std::move(config)),
+      weights_(std::move(weights)),
+      small_(cpu_ref::DecodeSmallWeights(weights_)) {}
 
 absl::StatusOr<std::unique_ptr<CpuModel>> CpuModel::Load(std::shared_ptr<const GgufFile> file) {
   if (file == nullptr) return absl::InvalidArgumentError("CpuModel::Load: null GGUF file");
@@ -199,7 +210,7 @@ void CpuModel::RunLayer(int64_t layer, int64_t first_position, int64_t num_token
                         CpuKvCache* cache) const {
   const ModelConfig& c = config_;
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
-  const LayerVectors& v = layer_vectors_[static_cast<size_t>(layer)];
+  const cpu_ref::SmallWeights::Layer& v = small_.layers[static_cast<size_t>(layer)];
   const int64_t hidden = c.hidden_dim;
 
   std::vector<float> h(static_cast<size_t>(hidden));                  // [hidden]
@@ -223,8 +234,8 @@ void CpuModel::RunLayer(int64_t layer, int64_t first_position, int64_t num_token
     AddInPlace(v.q_bias, qt);
     AddInPlace(v.k_bias, k);
     AddInPlace(v.v_bias, val);
-    cpu_ref::ApplyRope(c, rope_freqs_, position, c.num_heads, qt);
-    cpu_ref::ApplyRope(c, rope_freqs_, position, c.num_kv_heads, k);
+    cpu_ref::ApplyRope(c, small_.rope_freqs, position, c.num_heads, qt);
+    cpu_ref::ApplyRope(c, small_.rope_freqs, position, c.num_kv_heads, k);
   }
 
   for (int64_t t = 0; t < num_tokens; ++t) {
@@ -289,7 +300,8 @@ absl::StatusOr<std::vector<float>> CpuModel::Forward(absl::Span<const int32_t> t
   std::vector<float> logits(static_cast<size_t>((num_tokens - first_logit_token) * c.vocab_size));
   std::vector<float> h(static_cast<size_t>(hidden));
   for (int64_t t = first_logit_token; t < num_tokens; ++t) {
-    cpu_ref::RmsNorm(x.data() + t * hidden, output_norm_.data(), hidden, c.rms_norm_eps, h.data());
+    cpu_ref::RmsNorm(x.data() + t * hidden, small_.output_norm.data(), hidden, c.rms_norm_eps,
+                     h.data());
     cpu_ref::MatVec(*weights_.output, h.data(),
                     logits.data() + (t - first_logit_token) * c.vocab_size);
   }

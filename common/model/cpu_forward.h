@@ -25,6 +25,25 @@
 
 namespace duet {
 
+namespace cpu_ref {
+
+// f32 copies of the small weights that the forward applies element-wise.
+struct SmallWeights {
+  struct Layer {
+    std::vector<float> attn_norm;  // [hidden]
+    std::vector<float> ffn_norm;   // [hidden]
+    std::vector<float> q_bias;     // [q_dim], empty without biases
+    std::vector<float> k_bias;     // [kv_dim], empty without biases
+    std::vector<float> v_bias;     // [kv_dim], empty without biases
+  };
+  std::vector<Layer> layers;       // [num_layers]
+  std::vector<float> output_norm;  // [hidden]
+  std::vector<float> rope_freqs;   // [rope_dim / 2], empty when absent
+};
+SmallWeights DecodeSmallWeights(const ModelWeights& weights);
+
+}  // namespace cpu_ref
+
 // Contiguous f32 KV cache of one sequence: K and V each laid out as
 // [num_layers][max_tokens][num_kv_heads][head_dim], holding post-RoPE keys.
 // Positions [0, num_tokens()) are valid. Not thread-safe.
@@ -81,15 +100,6 @@ class CpuModel {
                                              bool all_logits = false) const;
 
  private:
-  // f32 copies of a layer's norm weights and biases.
-  struct LayerVectors {
-    std::vector<float> attn_norm;  // [hidden]
-    std::vector<float> ffn_norm;   // [hidden]
-    std::vector<float> q_bias;     // [q_dim], empty without biases
-    std::vector<float> k_bias;     // [kv_dim], empty without biases
-    std::vector<float> v_bias;     // [kv_dim], empty without biases
-  };
-
   CpuModel(std::shared_ptr<const GgufFile> file, ModelConfig config, ModelWeights weights);
 
   // x: [num_tokens, hidden], updated in place; writes K/V of positions first_position.. .
@@ -99,9 +109,7 @@ class CpuModel {
   std::shared_ptr<const GgufFile> file_;
   ModelConfig config_;
   ModelWeights weights_;
-  std::vector<LayerVectors> layer_vectors_;  // [num_layers]
-  std::vector<float> output_norm_;           // [hidden]
-  std::vector<float> rope_freqs_;            // [rope_dim / 2], empty when absent
+  cpu_ref::SmallWeights small_;  // norms, biases, rope factors as f32
 };
 
 // Reference ops, one per kernel, for checking kernels in isolation.
