@@ -7,9 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status.h"
+#include "common/vk/dispatch_rows.h"
 
 namespace duet::vk {
 namespace {
+
+// One workgroup per row along x, without Groups1D.
+constexpr uint64_t kMaxRowsPerDispatch = 65535;
 
 using kv::CacheDtype;
 using kv::KvLayout;
@@ -209,29 +213,6 @@ std::vector<uint32_t> SpecConstants(const AttnTiles& t, const KvLayout& layout, 
 int64_t QueryTiles(const AttnSequence& s, uint32_t q_pos) {
   if (s.num_new == 0) return 0;
   return (s.num_cached + s.num_new - 1) / q_pos - s.num_cached / q_pos + 1;
-}
-
-// Rows per dispatch for [rows, row_bytes]-shaped tensors so that every chunk fits in one binding
-// and starts aligned (for each size in `row_bytes`).
-absl::StatusOr<int64_t> RowsPerDispatch(const Device& device,
-                                        std::initializer_list<int64_t> row_bytes, const char* op) {
-  const DeviceLimits& limits = device.limits();
-  uint64_t fit = 65535;  // one workgroup per row, Groups1D-free
-  uint64_t step = 1;
-  for (int64_t bytes : row_bytes) {
-    const uint64_t row = U64(bytes);
-    fit = std::min(fit, limits.max_storage_buffer_range / row);
-    const uint64_t low_bit = row & (~row + 1);
-    step = std::max(step, limits.min_storage_buffer_offset_alignment > low_bit
-                              ? limits.min_storage_buffer_offset_alignment / low_bit
-                              : uint64_t{1});
-  }
-  const uint64_t rows = fit - fit % step;
-  if (rows == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": a row does not fit in maxStorageBufferRange"));
-  }
-  return static_cast<int64_t>(rows);
 }
 
 }  // namespace
@@ -517,7 +498,9 @@ absl::Status RecordArgmax(CommandList& cl, const Kernels& kernels, BufferView lo
   DUET_RETURN_IF_ERROR(CheckView(logits, U64(rows) * U64(vocab) * 4, kOp, "logits"));
   DUET_RETURN_IF_ERROR(CheckView(ids, U64(rows) * 4, kOp, "ids"));
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<ArgmaxPush>(KernelId::kArgmaxF32));
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(kernels.device(), {vocab * 4, 4}, kOp));
+  DUET_ASSIGN_OR_RETURN(
+      const int64_t per,
+      RowsPerDispatch(kernels.device().limits(), {vocab * 4, 4}, kMaxRowsPerDispatch, kOp));
   for (int64_t first = 0; first < rows; first += per) {
     const int64_t count = std::min(per, rows - first);
     DUET_RETURN_IF_ERROR(
@@ -541,8 +524,9 @@ absl::Status RecordTopK(CommandList& cl, const Kernels& kernels, BufferView logi
   DUET_RETURN_IF_ERROR(CheckView(values, U64(rows) * U64(k) * 4, kOp, "values"));
   DUET_RETURN_IF_ERROR(CheckView(ids, U64(rows) * U64(k) * 4, kOp, "ids"));
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<TopKPush>(KernelId::kTopkF32));
-  DUET_ASSIGN_OR_RETURN(const int64_t per,
-                        RowsPerDispatch(kernels.device(), {vocab * 4, k * 4}, kOp));
+  DUET_ASSIGN_OR_RETURN(
+      const int64_t per,
+      RowsPerDispatch(kernels.device().limits(), {vocab * 4, k * 4}, kMaxRowsPerDispatch, kOp));
   for (int64_t first = 0; first < rows; first += per) {
     const int64_t count = std::min(per, rows - first);
     const uint64_t out_offset = U64(first) * U64(k) * 4;

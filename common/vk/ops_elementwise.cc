@@ -10,9 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/status.h"
 #include "common/vk/device.h"
+#include "common/vk/dispatch_rows.h"
 
 namespace duet::vk {
 namespace {
+
+// Shaders index elements with 32-bit uints.
+constexpr uint64_t kMaxRowsPerDispatch = UINT32_MAX;
 
 constexpr uint32_t kWorkgroupSize = 256;  // the shaders' default constant_id 0
 
@@ -51,29 +55,6 @@ DUET_VK_PUSH_CONSTANTS(RopePush);
 
 uint64_t U64(int64_t v) { return static_cast<uint64_t>(v); }
 
-// The most rows per dispatch such that, for every row size in `row_bytes`, a chunk of that many
-// rows spans <= maxStorageBufferRange and consecutive chunks stay offset-aligned.
-absl::StatusOr<int64_t> RowsPerDispatch(const Device& device,
-                                        std::initializer_list<int64_t> row_bytes, const char* op) {
-  const DeviceLimits& limits = device.limits();
-  uint64_t fit = UINT32_MAX;  // shaders index elements with 32-bit uints
-  uint64_t step = 1;
-  for (int64_t bytes : row_bytes) {
-    const uint64_t row = U64(bytes);
-    fit = std::min(fit, limits.max_storage_buffer_range / row);
-    const uint64_t low_bit = row & (~row + 1);
-    step = std::max(step, limits.min_storage_buffer_offset_alignment > low_bit
-                              ? limits.min_storage_buffer_offset_alignment / low_bit
-                              : uint64_t{1});
-  }
-  const uint64_t rows = fit - fit % step;
-  if (rows == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": a row does not fit in maxStorageBufferRange ", limits.max_storage_buffer_range));
-  }
-  return static_cast<int64_t>(rows);
-}
-
 absl::Status CheckView(BufferView view, uint64_t bytes, const char* op, const char* name) {
   if (view.size < bytes) {
     return absl::InvalidArgumentError(
@@ -100,7 +81,8 @@ absl::Status RecordBinary(CommandList& cl, const Kernels& kernels, KernelId id, 
   DUET_RETURN_IF_ERROR(CheckView(b, bytes, op, "b"));
   DUET_RETURN_IF_ERROR(CheckView(out, bytes, op, "out"));
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<ElementwisePush>(id));
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(kernels.device(), {4}, op));
+  DUET_ASSIGN_OR_RETURN(const int64_t per,
+                        RowsPerDispatch(kernels.device().limits(), {4}, kMaxRowsPerDispatch, op));
   const uint32_t max_x = kernels.device().limits().max_workgroup_count[0];
   for (int64_t first = 0; first < n; first += per) {
     const int64_t count = std::min(per, n - first);
@@ -125,7 +107,8 @@ absl::Status RecordRmsNorm(CommandList& cl, const Kernels& kernels, BufferView x
   DUET_RETURN_IF_ERROR(CheckView(out, U64(rows) * row_bytes, kOp, "out"));
   DUET_RETURN_IF_ERROR(CheckView(w, row_bytes, kOp, "w"));
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<RmsNormPush>(KernelId::kRmsNormF32));
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(kernels.device(), {n * 4}, kOp));
+  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(kernels.device().limits(), {n * 4},
+                                                           kMaxRowsPerDispatch, kOp));
   const uint32_t max_x = kernels.device().limits().max_workgroup_count[0];
   for (int64_t first = 0; first < rows; first += per) {
     const int64_t count = std::min(per, rows - first);
@@ -194,7 +177,8 @@ absl::Status RecordGetRows(CommandList& cl, const Kernels& kernels, GgmlType typ
                                   device.limits().min_storage_buffer_offset_alignment));
   RowChunk& last = chunks.back();
   last.view = table.Sub(last.view.offset - table.offset, (last.view.size + 3) & ~uint64_t{3});
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(device, {4, n * 4}, kOp));
+  DUET_ASSIGN_OR_RETURN(const int64_t per,
+                        RowsPerDispatch(device.limits(), {4, n * 4}, kMaxRowsPerDispatch, kOp));
   for (int64_t first = 0; first < num_tokens; first += per) {
     const int64_t count = std::min(per, num_tokens - first);
     const BufferView ids_chunk = ids.Sub(U64(first) * 4, U64(count) * 4);
@@ -265,7 +249,8 @@ absl::Status RecordRope(CommandList& cl, const Kernels& kernels, BufferView x, B
       shape.layout == RopeLayout::kNeox ? KernelId::kRopeNeoxF32 : KernelId::kRopeNormF32;
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<RopePush>(id));
   const Device& device = kernels.device();
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(device, {4, stride * 4}, kOp));
+  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(device.limits(), {4, stride * 4},
+                                                           kMaxRowsPerDispatch, kOp));
   for (int64_t first = 0; first < shape.num_tokens; first += per) {
     const int64_t count = std::min(per, shape.num_tokens - first);
     const uint64_t x_bytes = (U64(count - 1) * U64(stride) + U64(q_dim)) * 4;
