@@ -46,32 +46,17 @@ uint32_t U32(int64_t v) { return static_cast<uint32_t>(v); }
 uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-absl::StatusOr<KernelId> MatVecKernel(GgmlType type) {
+// The matvec (decode) or matmul (prefill) variant for a weight type.
+absl::StatusOr<KernelId> MatrixKernel(GgmlType type, bool matvec) {
   switch (type) {
     case GgmlType::kF32:
-      return KernelId::kMatvecF32;
+      return matvec ? KernelId::kMatvecF32 : KernelId::kMatmulF32;
     case GgmlType::kF16:
-      return KernelId::kMatvecF16;
+      return matvec ? KernelId::kMatvecF16 : KernelId::kMatmulF16;
     case GgmlType::kQ8_0:
-      return KernelId::kMatvecQ8_0;
+      return matvec ? KernelId::kMatvecQ8_0 : KernelId::kMatmulQ8_0;
     case GgmlType::kQ4_0:
-      return KernelId::kMatvecQ4_0;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("RecordMatMul: no kernel for weight type ",
-                                                     std::string(GgmlTypeName(type))));
-  }
-}
-
-absl::StatusOr<KernelId> MatMulKernel(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-      return KernelId::kMatmulF32;
-    case GgmlType::kF16:
-      return KernelId::kMatmulF16;
-    case GgmlType::kQ8_0:
-      return KernelId::kMatmulQ8_0;
-    case GgmlType::kQ4_0:
-      return KernelId::kMatmulQ4_0;
+      return matvec ? KernelId::kMatvecQ4_0 : KernelId::kMatmulQ4_0;
     default:
       return absl::InvalidArgumentError(absl::StrCat("RecordMatMul: no kernel for weight type ",
                                                      std::string(GgmlTypeName(type))));
@@ -221,8 +206,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const MatMulConfig config = config_in != nullptr ? *config_in : DefaultMatMulConfig(device);
   DUET_RETURN_IF_ERROR(ValidateMatMulConfig(device, config));
   const bool use_matvec = n_tokens <= config.matvec_max_tokens;
-  DUET_ASSIGN_OR_RETURN(const KernelId id,
-                        use_matvec ? MatVecKernel(w.type) : MatMulKernel(w.type));
+  DUET_ASSIGN_OR_RETURN(const KernelId id, MatrixKernel(w.type, use_matvec));
 
   // Shapes and layout.
   if (w.rows <= 0 || w.cols <= 0 || n_tokens <= 0 || w.rows > INT32_MAX || w.cols > INT32_MAX ||
