@@ -5,6 +5,7 @@
 //                     [--benchmark_format=json --benchmark_out=FILE]
 //                     [--mv_wg=N --mv_k_lanes=N --mv_rows=N --mv_bcast=0|1 --mv_max_tokens=N]
 //                     [--mm_tile=ROWSxTOKENS --mm_thread=ROWSxTOKENS --mm_shared=0|1]
+//                     [--texel=0|1]
 //
 // Counters (per second of wall time, submission included):
 //   bytes_per_second  weight bytes read (stream_read: buffer bytes read)
@@ -99,7 +100,9 @@ absl::StatusOr<Buffer> UploadBuffer(Device& device, const void* data, uint64_t b
   return buffer;
 }
 
-void BM_StreamRead(benchmark::State& state) {
+// Sums a 32 MiB buffer read as vec4s, through a storage buffer (stream_read_f32) or a uniform
+// texel buffer (stream_read_texel_f32): the read-bandwidth reference of each path.
+void BM_StreamRead(benchmark::State& state, KernelId kernel) {
   Device& device = *g_env->device;
   const uint64_t bytes = uint64_t{32} << 20;
   const uint32_t num_groups = 128;
@@ -107,8 +110,7 @@ void BM_StreamRead(benchmark::State& state) {
   absl::StatusOr<Buffer> in = UploadBuffer(device, ones.data(), bytes);
   absl::StatusOr<Buffer> out = device.CreateBuffer(num_groups * 4);
   if (!in.ok() || !out.ok()) return Fail(state, in.ok() ? out.status() : in.status());
-  absl::StatusOr<const Pipeline*> pipeline =
-      g_env->kernels->Get<StreamPush>(KernelId::kStreamReadF32);
+  absl::StatusOr<const Pipeline*> pipeline = g_env->kernels->Get<StreamPush>(kernel);
   absl::StatusOr<std::unique_ptr<CommandList>> cl = CommandList::Create(&device);
   if (!pipeline.ok() || !cl.ok())
     return Fail(state, pipeline.ok() ? cl.status() : pipeline.status());
@@ -174,7 +176,11 @@ constexpr int64_t kShapes[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 
 constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16, GgmlType::kF32};
 
 void RegisterAll() {
-  benchmark::RegisterBenchmark("stream_read/32MiB", BM_StreamRead)
+  benchmark::RegisterBenchmark("stream_read/32MiB", BM_StreamRead, KernelId::kStreamReadF32)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("stream_read_texel/32MiB", BM_StreamRead,
+                               KernelId::kStreamReadTexelF32)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
   for (const char* kind : {"matvec", "matmul"}) {
@@ -224,6 +230,8 @@ bool ParseConfigFlags(int argc, char** argv, MatMulConfig* config) {
       config->matvec_max_tokens = u32();
     } else if (key == "mm_tile" && pair(&config->tile_rows, &config->tile_tokens)) {
     } else if (key == "mm_thread" && pair(&config->thread_rows, &config->thread_tokens)) {
+    } else if (key == "texel") {
+      config->texel_reads = u32() != 0;
     } else if (key == "mm_shared") {
       config->shared_tiles = u32() != 0;
     } else {
@@ -239,7 +247,8 @@ std::string ConfigString(const MatMulConfig& c) {
                       " rows/lane ", c.matvec_rows_per_lane, " x_broadcast ",
                       c.matvec_x_broadcast ? 1 : 0, " max_tokens ", c.matvec_max_tokens,
                       "; matmul tile ", c.tile_rows, "x", c.tile_tokens, " thread ", c.thread_rows,
-                      "x", c.thread_tokens, " shared ", c.shared_tiles ? 1 : 0);
+                      "x", c.thread_tokens, " shared ", c.shared_tiles ? 1 : 0, "; texel ",
+                      c.texel_reads ? 1 : 0);
 }
 
 }  // namespace

@@ -23,8 +23,8 @@
 //     (coalesced), x comes from cache.
 // W_TEXEL / X_TEXEL read w (usamplerBuffer over an RGBA32UI view) and x (samplerBuffer over an
 // RGBA32F view) through uniform texel buffers instead of storage buffers: the same bytes, but
-// on lavapipe a texel fetch costs a tenth of a storage-buffer load. Not in kernels.table until
-// the runtime binds texel buffers (docs/performance.md).
+// on lavapipe a texel fetch costs a tenth of a storage-buffer load. The *_texel variants in
+// kernels.table; MatMulConfig::texel_reads picks them (docs/performance.md).
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_ballot : require
 #extension GL_KHR_shader_subgroup_shuffle : require

@@ -8,7 +8,15 @@
 layout(local_size_x_id = 0, local_size_x = 256) in;
 #define WG gl_WorkGroupSize.x
 
-layout(std430, set = 0, binding = 0) buffer In { vec4 in_[]; };
+#if defined(IN_TEXEL)
+// The same bytes through a uniform texel buffer (RGBA32F view): the read path of the matrix
+// kernels' W_TEXEL variants.
+layout(set = 0, binding = 0) uniform samplerBuffer in_tex;
+vec4 load_in(uint i) { return texelFetch(in_tex, int(i)); }
+#else
+layout(std430, set = 0, binding = 0) readonly buffer In { vec4 in_[]; };
+vec4 load_in(uint i) { return in_[i]; }
+#endif
 layout(std430, set = 0, binding = 1) buffer Out { float out_[]; };
 
 layout(push_constant) uniform Push {
@@ -21,7 +29,7 @@ void main() {
   const uint stride = gl_NumWorkGroups.x * WG;
   vec4 acc = vec4(0.0);
   for (uint i = gl_WorkGroupID.x * WG + gl_LocalInvocationID.x; i < pc.num_vec4; i += stride) {
-    acc += in_[i];
+    acc += load_in(i);
   }
   const uint tid = gl_LocalInvocationID.x;
   partial[tid] = acc.x + acc.y + acc.z + acc.w;

@@ -102,11 +102,13 @@ absl::StatusOr<VkDescriptorSet> CommandList::AllocateSet(VkDescriptorSetLayout l
   for (;;) {
     if (current_pool_ == descriptor_pools_.size()) {
       const uint32_t sets = std::max<uint32_t>(options_.descriptor_sets_per_pool, 16);
-      VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, sets * kDescriptorsPerSet};
+      const VkDescriptorPoolSize sizes[2] = {
+          {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, sets * kDescriptorsPerSet},
+          {VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, sets * kDescriptorsPerSet}};
       VkDescriptorPoolCreateInfo info{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
       info.maxSets = sets;
-      info.poolSizeCount = 1;
-      info.pPoolSizes = &size;
+      info.poolSizeCount = 2;
+      info.pPoolSizes = sizes;
       VkDescriptorPool pool = VK_NULL_HANDLE;
       DUET_VK_RETURN_IF_ERROR(vkCreateDescriptorPool(dev, &info, nullptr, &pool));
       descriptor_pools_.push_back(pool);
@@ -175,6 +177,7 @@ absl::Status CommandList::DispatchRaw(const Pipeline& pipeline,
   VkCommandBuffer cb = command_buffer_;
   vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, pipeline.handle());
   std::vector<VkDescriptorBufferInfo> infos(buffers.size());
+  std::vector<VkBufferView> texel_views(buffers.size(), VK_NULL_HANDLE);
   std::vector<VkWriteDescriptorSet> writes(buffers.size());
   VkDescriptorSet set = VK_NULL_HANDLE;
   if (!device_->uses_push_descriptors() && !buffers.empty()) {
@@ -186,8 +189,19 @@ absl::Status CommandList::DispatchRaw(const Pipeline& pipeline,
     writes[i].dstSet = set;
     writes[i].dstBinding = static_cast<uint32_t>(i);
     writes[i].descriptorCount = 1;
-    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-    writes[i].pBufferInfo = &infos[i];
+    writes[i].descriptorType = pipeline.binding_type(static_cast<uint32_t>(i));
+    if (writes[i].descriptorType == VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER) {
+      absl::StatusOr<VkBufferView> texel =
+          device_->TexelView(buffers[i], pipeline.texel_format(static_cast<uint32_t>(i)));
+      if (!texel.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("Dispatch ", std::string(name), ": binding ",
+                                                       i, ": ", texel.status().message()));
+      }
+      texel_views[i] = *texel;
+      writes[i].pTexelBufferView = &texel_views[i];
+    } else {
+      writes[i].pBufferInfo = &infos[i];
+    }
   }
   if (!buffers.empty()) {
     if (device_->uses_push_descriptors()) {

@@ -265,6 +265,9 @@ absl::Status Device::Init(const DeviceOptions& options) {
   }
   limits_.min_storage_buffer_offset_alignment =
       std::max<uint64_t>(4, l.minStorageBufferOffsetAlignment);
+  limits_.min_texel_buffer_offset_alignment =
+      std::max<uint64_t>(4, l.minTexelBufferOffsetAlignment);
+  limits_.max_texel_buffer_elements = l.maxTexelBufferElements;
   limits_.max_memory_allocation_bytes = maintenance3.maxMemoryAllocationSize;
   limits_.max_shared_memory_bytes = l.maxComputeSharedMemorySize;
   limits_.max_push_constant_bytes = l.maxPushConstantsSize;
@@ -435,6 +438,18 @@ absl::Status Device::RunCopy(VkBuffer src, VkBuffer dst, const VkBufferCopy& cop
   }
   vkFreeCommandBuffers(device_, transfer_pool_, 1, &cb);
   return status;
+}
+
+absl::StatusOr<VkBufferView> Device::TexelView(BufferView view, VkFormat format) {
+  if (view.offset % limits_.min_texel_buffer_offset_alignment != 0 || view.size % 16 != 0 ||
+      view.size / 16 > limits_.max_texel_buffer_elements) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("texel buffer view [", view.offset, ", +", view.size,
+                     ") breaks the device's limits: offset", " a multiple of ",
+                     limits_.min_texel_buffer_offset_alignment, ", size a multiple of 16, at",
+                     " most ", limits_.max_texel_buffer_elements, " texels"));
+  }
+  return allocator_->TexelView(view, format);
 }
 
 absl::Status Device::Upload(BufferView dst, const void* src) {

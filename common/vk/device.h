@@ -56,6 +56,10 @@ struct DeviceLimits {
   // Bytes; bound views must start at multiples. At least 4 (raised to 4 where the device says
   // less) so that every bound view starts on a 32-bit word.
   uint64_t min_storage_buffer_offset_alignment = 4;
+  // Uniform texel buffer views (4 x 32-bit texels): offsets in bytes must be multiples of
+  // min_texel_buffer_offset_alignment, and a view holds at most max_texel_buffer_elements texels.
+  uint64_t min_texel_buffer_offset_alignment = 16;
+  uint64_t max_texel_buffer_elements = 0;
   uint64_t max_memory_allocation_bytes = 0;
   uint32_t max_shared_memory_bytes = 0;  // maxComputeSharedMemorySize
   uint32_t max_push_constant_bytes = 0;
@@ -136,6 +140,10 @@ class Device {
   // returns when the copy is complete: a memcpy for mapped buffers, else staged through a
   // host-visible buffer and a queue submission. REQUIRES: the GPU is not using the range.
   absl::Status Upload(BufferView dst, const void* src);
+  // A VkBufferView of `view` in `format` for a uniform texel buffer binding, created on first use
+  // and cached until the buffer is destroyed. INVALID_ARGUMENT when the view breaks the texel
+  // limits (offset alignment, size a multiple of 16, element count).
+  absl::StatusOr<VkBufferView> TexelView(BufferView view, VkFormat format);
   absl::Status Download(BufferView src, void* dst);
 
   // vkQueueSubmit under the queue lock (Vulkan requires external synchronization).

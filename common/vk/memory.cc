@@ -274,8 +274,10 @@ absl::StatusOr<Buffer> MemoryAllocator::Create(uint64_t bytes, MemoryKind kind) 
   bytes = AlignUp(bytes, 4);
   VkBufferCreateInfo info{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
   info.size = bytes;
-  info.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-               VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  // Every buffer may be bound as a storage buffer or a uniform texel buffer (the matrix kernels
+  // read weights through texel views where that is faster; see docs/vulkan.md).
+  info.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT |
+               VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
   info.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
   VkBuffer handle = VK_NULL_HANDLE;
   DUET_VK_RETURN_IF_ERROR(vkCreateBuffer(device_, &info, nullptr, &handle));
@@ -358,7 +360,32 @@ absl::StatusOr<Buffer> MemoryAllocator::Create(uint64_t bytes, MemoryKind kind) 
   return buffer;
 }
 
+absl::StatusOr<VkBufferView> MemoryAllocator::TexelView(BufferView view, VkFormat format) {
+  absl::MutexLock lock(&mutex_);
+  std::map<TexelKey, VkBufferView>& views = texel_views_[view.buffer];
+  const TexelKey key{view.offset, view.size, format};
+  auto it = views.find(key);
+  if (it != views.end()) return it->second;
+  VkBufferViewCreateInfo info{VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO};
+  info.buffer = view.buffer;
+  info.format = format;
+  info.offset = view.offset;
+  info.range = view.size;
+  VkBufferView handle = VK_NULL_HANDLE;
+  DUET_VK_RETURN_IF_ERROR(vkCreateBufferView(device_, &info, nullptr, &handle));
+  views.emplace(key, handle);
+  return handle;
+}
+
 void MemoryAllocator::Free(Buffer& buffer) {
+  {
+    absl::MutexLock lock(&mutex_);
+    auto views = texel_views_.find(buffer.buffer_);
+    if (views != texel_views_.end()) {
+      for (const auto& [key, handle] : views->second) vkDestroyBufferView(device_, handle, nullptr);
+      texel_views_.erase(views);
+    }
+  }
   vkDestroyBuffer(device_, buffer.buffer_, nullptr);
   absl::MutexLock lock(&mutex_);
   mapped_.erase(buffer.buffer_);

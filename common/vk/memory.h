@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -75,6 +76,8 @@ class MemoryAllocator {
   MemoryStats stats() const;
   // The persistent mapping of a live buffer made here, or nullptr when it is not host-visible.
   void* MappedPointer(VkBuffer buffer) const;
+  // A cached VkBufferView of a live buffer made here; destroyed with the buffer.
+  absl::StatusOr<VkBufferView> TexelView(BufferView view, VkFormat format);
 
  private:
   friend class Buffer;
@@ -104,6 +107,17 @@ class MemoryAllocator {
   uint64_t used_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t num_buffers_ ABSL_GUARDED_BY(mutex_) = 0;
   std::unordered_map<VkBuffer, void*> mapped_ ABSL_GUARDED_BY(mutex_);  // host-visible buffers
+  // Texel views per buffer, keyed by (offset, size, format).
+  struct TexelKey {
+    uint64_t offset;
+    uint64_t size;
+    VkFormat format;
+    bool operator<(const TexelKey& o) const {
+      return std::tie(offset, size, format) < std::tie(o.offset, o.size, o.format);
+    }
+  };
+  std::unordered_map<VkBuffer, std::map<TexelKey, VkBufferView>> texel_views_
+      ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace duet::vk

@@ -46,16 +46,21 @@ uint32_t U32(int64_t v) { return static_cast<uint32_t>(v); }
 uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-// The matvec (decode) or matmul (prefill) variant for a weight type.
-absl::StatusOr<KernelId> MatrixKernel(GgmlType type, bool matvec) {
+// The matvec (decode) or matmul (prefill) variant for a weight type, reading w and x through
+// storage buffers or (texel) uniform texel buffers.
+absl::StatusOr<KernelId> MatrixKernel(GgmlType type, bool matvec, bool texel) {
   switch (type) {
     case GgmlType::kF32:
+      if (texel) return matvec ? KernelId::kMatvecF32Texel : KernelId::kMatmulF32Texel;
       return matvec ? KernelId::kMatvecF32 : KernelId::kMatmulF32;
     case GgmlType::kF16:
+      if (texel) return matvec ? KernelId::kMatvecF16Texel : KernelId::kMatmulF16Texel;
       return matvec ? KernelId::kMatvecF16 : KernelId::kMatmulF16;
     case GgmlType::kQ8_0:
+      if (texel) return matvec ? KernelId::kMatvecQ8_0Texel : KernelId::kMatmulQ8_0Texel;
       return matvec ? KernelId::kMatvecQ8_0 : KernelId::kMatmulQ8_0;
     case GgmlType::kQ4_0:
+      if (texel) return matvec ? KernelId::kMatvecQ4_0Texel : KernelId::kMatmulQ4_0Texel;
       return matvec ? KernelId::kMatvecQ4_0 : KernelId::kMatmulQ4_0;
     default:
       return absl::InvalidArgumentError(absl::StrCat("RecordMatMul: no kernel for weight type ",
@@ -128,16 +133,18 @@ MatMulConfig DefaultMatMulConfig(const Device& device) {
   MatMulConfig config;
   const DeviceLimits& limits = device.limits();
   if (device.info().type == DeviceType::kCpu) {
-    // lavapipe: one SIMD register is one subgroup; a lane per row with four rows in flight, and
-    // small register tiles read straight from the buffers (docs/performance.md).
+    // lavapipe: one SIMD register is one subgroup; a lane per row with eight rows in flight,
+    // 16 x 4 register tiles, and every operand read through texel buffers, which llvmpipe
+    // fetches far faster than storage buffers (docs/performance.md).
+    config.texel_reads = true;
     config.matvec_workgroup = 64;
     config.matvec_k_lanes = 1;
-    config.matvec_rows_per_lane = 4;
-    config.matvec_x_broadcast = true;
-    config.tile_rows = 32;
+    config.matvec_rows_per_lane = 8;
+    config.matvec_x_broadcast = false;
+    config.tile_rows = 64;
     config.tile_tokens = 32;
-    config.thread_rows = 8;
-    config.thread_tokens = 8;
+    config.thread_rows = 16;
+    config.thread_tokens = 4;
     config.shared_tiles = false;
   } else {
     // GPUs: 16 lanes per row (or the whole subgroup when smaller) read neighbouring blocks;
@@ -206,7 +213,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const MatMulConfig config = config_in != nullptr ? *config_in : DefaultMatMulConfig(device);
   DUET_RETURN_IF_ERROR(ValidateMatMulConfig(device, config));
   const bool use_matvec = n_tokens <= config.matvec_max_tokens;
-  DUET_ASSIGN_OR_RETURN(const KernelId id, MatrixKernel(w.type, use_matvec));
+  DUET_ASSIGN_OR_RETURN(const KernelId id, MatrixKernel(w.type, use_matvec, config.texel_reads));
 
   // Shapes and layout.
   if (w.rows <= 0 || w.cols <= 0 || n_tokens <= 0 || w.rows > INT32_MAX || w.cols > INT32_MAX ||
@@ -231,16 +238,19 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
 
   // Views.
   const DeviceLimits& limits = device.limits();
-  const uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
+  uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
+  if (config.texel_reads) align = std::max(align, limits.min_texel_buffer_offset_alignment);
   const int64_t row_bytes = GgmlRowBytes(w.type, w.cols);
   if (w.data.offset % align != 0 || x.offset % align != 0 || y.offset % align != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": weight, x and y views must start at multiples of ", align));
   }
-  if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols)) {
+  if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols) ||
+      w.data.size % kMatMulAlignment != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": weight view holds ", w.data.size, " bytes, needs ",
-                     MatMulWeightBytes(w.type, w.rows, w.cols), " (rows padded to 16 bytes)"));
+                     MatMulWeightBytes(w.type, w.rows, w.cols),
+                     " (rows padded to 16 bytes; the view a multiple of 16)"));
   }
   if (x.size < MatMulActivationBytes(n_tokens, x_stride, w.cols)) {
     return absl::InvalidArgumentError(
@@ -284,8 +294,10 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const uint32_t x_aligned = x_stride % 4 == 0 ? 1 : 0;
   const uint32_t w_aligned = row_bytes % 16 == 0 ? 1 : 0;
   // One x load per subgroup, handed out by subgroupBroadcast (matvec.comp, X_BROADCAST).
-  const uint32_t x_broadcast =
-      config.matvec_x_broadcast && config.matvec_k_lanes == 1 && limits.subgroup_size >= 8 ? 1 : 0;
+  const uint32_t x_broadcast = config.matvec_x_broadcast && config.matvec_k_lanes == 1 &&
+                                       limits.subgroup_size >= 8 && !config.texel_reads
+                                   ? 1
+                                   : 0;
   // Quantized variants never read W_ALIGNED (the last constant), so their SPIR-V lacks it.
   const size_t drop = TraitsOf(w.type).block_size > 1 ? 1 : 0;
   const uint32_t max_x = limits.max_workgroup_count[0];
@@ -298,11 +310,16 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
         MakeWindow(y, y_first, y_first + U64(count - 1) * U64(y_stride) + U64(w.rows), align);
     const Pipeline* pipeline = nullptr;
     Tile tile;
+    // At most 32 accumulators (rows x vectors) per lane: LLVM's compile time on CPU drivers
+    // grows steeply with the unrolled sum count (8 x 8 took ~25 s on lavapipe), and the row
+    // order inside a lane never changes a row's sum, so results stay batch-invariant.
+    const uint32_t rows_per_lane = std::max<uint32_t>(
+        1, std::min<uint32_t>(config.matvec_rows_per_lane, 32 / U32(count)));
     if (use_matvec) {
       const uint32_t spec[] = {config.matvec_workgroup,
                                config.matvec_k_lanes,
                                U32(count),
-                               config.matvec_rows_per_lane,
+                               rows_per_lane,
                                x_aligned,
                                x_broadcast,
                                w_aligned};
@@ -328,7 +345,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
         const MatVecPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
                               xw.offset,   U32(y_stride),       y_offset};
         const uint64_t rows_per_group =
-            U64(config.matvec_rows_per_lane) * (config.matvec_workgroup / config.matvec_k_lanes);
+            U64(rows_per_lane) * (config.matvec_workgroup / config.matvec_k_lanes);
         DUET_RETURN_IF_ERROR(cl.Dispatch(
             *pipeline, {chunk.view, xw.view, yw.view}, push,
             Groups1D((U64(chunk.num_rows) + rows_per_group - 1) / rows_per_group, max_x)));

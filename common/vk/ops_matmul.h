@@ -41,7 +41,8 @@ struct WeightView {
   int64_t rows = 0;                // output features
   int64_t cols = 0;                // input features; a multiple of 32 for Q8_0 and Q4_0
   // The encoded rows. REQUIRES: data.offset is a multiple of kMatMulAlignment and of the
-  // device's minStorageBufferOffsetAlignment, data.size >= MatMulWeightBytes(type, rows, cols).
+  // device's minStorageBufferOffsetAlignment, data.size >= MatMulWeightBytes(type, rows, cols)
+  // and a multiple of 16.
   BufferView data;
 };
 
@@ -60,6 +61,7 @@ struct MatMulConfig {
   int64_t matvec_max_tokens = 8;   // n_tokens <= this uses matvec (larger: matmul)
   uint32_t matvec_workgroup = 64;  // invocations; a multiple of the subgroup size
   uint32_t matvec_k_lanes = 1;     // lanes sharing one row: power of two <= subgroup size
+  // Rows each lane walks at once; capped at 32 / vectors per dispatch (compile time).
   uint32_t matvec_rows_per_lane = 2;
   // With matvec_k_lanes == 1 (and subgroups of >= 8 lanes): each x vec4 is loaded by one lane
   // and shared with subgroupBroadcast, for devices where buffer loads cost far more than
@@ -73,6 +75,10 @@ struct MatMulConfig {
   uint32_t thread_rows = 4;
   uint32_t thread_tokens = 4;
   bool shared_tiles = true;  // stage tiles in shared memory (GPUs) or read directly (CPUs)
+  // Read weights and activations through uniform texel buffers (the *_texel variants) instead
+  // of storage buffers: the same bytes, in 16-byte texels. On lavapipe a texel fetch is far
+  // cheaper than a storage-buffer load (docs/performance.md); x_broadcast is off with it.
+  bool texel_reads = false;
   // > 0: bind weight chunks of at most this many bytes (tests of the chunked path), on top of
   // the device's maxStorageBufferRange.
   uint64_t max_chunk_bytes = 0;

@@ -82,7 +82,8 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Kernels::Create(
   const SpirvInterface& iface = *reflected;
   if (iface.has_other_descriptors) {
     return absl::InternalError(
-        absl::StrCat("kernel ", name, ": only storage buffers in descriptor set 0 are supported"));
+        absl::StrCat("kernel ", name,
+                     ": only storage and uniform texel buffers in descriptor set 0 are supported"));
   }
   for (size_t i = 0; i < spec_constants.size(); ++i) {
     if (!std::binary_search(iface.spec_ids.begin(), iface.spec_ids.end(),
@@ -105,8 +106,21 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Kernels::Create(
   pipeline->push_constant_bytes_ = iface.push_constant_bytes;
   // Bindings 0..max: glslc -O drops bindings a variant never uses, leaving gaps; declaring them
   // anyway keeps the host's binding numbers the same for every variant.
-  pipeline->num_bindings_ =
-      iface.storage_buffer_bindings.empty() ? 0 : iface.storage_buffer_bindings.back() + 1;
+  uint32_t num_bindings = 0;
+  for (uint32_t b : iface.storage_buffer_bindings) num_bindings = std::max(num_bindings, b + 1);
+  for (const auto& [b, component] : iface.texel_buffer_bindings) {
+    num_bindings = std::max(num_bindings, b + 1);
+  }
+  pipeline->num_bindings_ = num_bindings;
+  pipeline->binding_types_.assign(num_bindings, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER);
+  pipeline->texel_formats_.assign(num_bindings, VK_FORMAT_UNDEFINED);
+  for (const auto& [b, component] : iface.texel_buffer_bindings) {
+    pipeline->binding_types_[b] = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER;
+    pipeline->texel_formats_[b] =
+        component == SpirvInterface::TexelComponent::kFloat  ? VK_FORMAT_R32G32B32A32_SFLOAT
+        : component == SpirvInterface::TexelComponent::kUint ? VK_FORMAT_R32G32B32A32_UINT
+                                                             : VK_FORMAT_R32G32B32A32_SINT;
+  }
   // Every declared spec id is specialized explicitly: the caller's value, else the shader's
   // declared default (see SpirvInterface::spec_defaults), so that a local size tied to a
   // constant_id always equals that constant.
@@ -146,7 +160,7 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Kernels::Create(
 
   std::vector<VkDescriptorSetLayoutBinding> bindings(pipeline->num_bindings_);
   for (uint32_t b = 0; b < pipeline->num_bindings_; ++b) {
-    bindings[b] = VkDescriptorSetLayoutBinding{b, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1,
+    bindings[b] = VkDescriptorSetLayoutBinding{b, pipeline->binding_types_[b], 1,
                                                VK_SHADER_STAGE_COMPUTE_BIT, nullptr};
   }
   VkDescriptorSetLayoutCreateInfo set_info{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO};

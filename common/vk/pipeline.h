@@ -6,10 +6,12 @@
 // `get_rows_q8_0` -> KernelId::kGetRowsQ8_0) and an embedded SPIR-V module.
 //
 // Shader interface conventions (checked when a pipeline is created, from the SPIR-V itself):
-//   - storage buffers in descriptor set 0 at bindings 0..N-1 (Dispatch binds its views in
-//     order). N = the highest binding the SPIR-V still uses + 1: glslc -O removes bindings a
-//     variant never reads, so a variant may need fewer views than the host passes (extra views
-//     are checked, then ignored);
+//   - storage buffers or uniform texel buffers in descriptor set 0 at bindings 0..N-1 (Dispatch
+//     binds its views in order; a texel binding gets a VkBufferView of the view with 4 x 32-bit
+//     texels: R32G32B32A32 UINT, SINT or SFLOAT after the shader's sampler type). N = the
+//     highest binding the SPIR-V still uses + 1: glslc -O removes bindings a variant never
+//     reads, so a variant may need fewer views than the host passes (extra views are checked,
+//     then ignored);
 //   - at most one push-constant block, whose size must equal sizeof() of the C++ struct the host
 //     passes (the block size is read from the SPIR-V: member Offset decorations + member sizes);
 //   - specialization constants with constant_id 0..K-1, each 32 bits (uint, int, float or bool).
@@ -80,8 +82,12 @@ class Pipeline {
   std::string_view name() const { return KernelName(id_); }
   const std::vector<uint32_t>& spec_constants() const { return spec_constants_; }
   uint32_t push_constant_bytes() const { return push_constant_bytes_; }
-  // Highest storage-buffer binding the SPIR-V uses + 1.
+  // Highest binding the SPIR-V uses + 1.
   uint32_t num_bindings() const { return num_bindings_; }
+  // Per binding in [0, num_bindings): VK_DESCRIPTOR_TYPE_STORAGE_BUFFER or
+  // VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, and for texel bindings the view format.
+  VkDescriptorType binding_type(uint32_t b) const { return binding_types_[b]; }
+  VkFormat texel_format(uint32_t b) const { return texel_formats_[b]; }
   // The workgroup size after specialization.
   const std::array<uint32_t, 3>& local_size() const { return local_size_; }
 
@@ -98,6 +104,8 @@ class Pipeline {
   std::vector<uint32_t> spec_constants_;
   uint32_t push_constant_bytes_ = 0;
   uint32_t num_bindings_ = 0;
+  std::vector<VkDescriptorType> binding_types_;  // [num_bindings_]
+  std::vector<VkFormat> texel_formats_;          // [num_bindings_]; UNDEFINED for storage
   std::array<uint32_t, 3> local_size_ = {1, 1, 1};
   VkShaderModule module_ = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout_ = VK_NULL_HANDLE;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -23,6 +24,8 @@ enum Op : uint32_t {
   kOpTypeArray = 28,
   kOpTypeRuntimeArray = 29,
   kOpTypeStruct = 30,
+  kOpTypeImage = 25,
+  kOpTypeSampledImage = 27,
   kOpTypePointer = 32,
   kOpConstant = 43,
   kOpSpecConstantTrue = 48,
@@ -47,7 +50,9 @@ enum Decoration : uint32_t {
 constexpr uint32_t kBuiltInWorkgroupSize = 25;
 constexpr uint32_t kExecutionModeLocalSize = 17;
 constexpr uint32_t kExecutionModeLocalSizeId = 38;
+constexpr uint32_t kDimBuffer = 5;
 enum StorageClass : uint32_t {
+  kStorageUniformConstant = 0,
   kStorageUniform = 2,
   kStoragePushConstant = 9,
   kStorageStorageBuffer = 12,
@@ -137,6 +142,33 @@ absl::StatusOr<uint32_t> SizeOf(const Module& m, uint32_t type_id, uint32_t matr
 
 }  // namespace
 
+// The texel component type when `type_id` is a sampled image of dimension Buffer that is read
+// through a sampler (Sampled = 1): a uniform texel buffer. nullopt for anything else.
+std::optional<SpirvInterface::TexelComponent> UniformTexelComponent(const Module& m,
+                                                                    uint32_t type_id) {
+  auto sampled = m.types.find(type_id);
+  if (sampled == m.types.end() || sampled->second.opcode != kOpTypeSampledImage ||
+      sampled->second.operands.empty()) {
+    return std::nullopt;
+  }
+  auto image = m.types.find(sampled->second.operands[0]);
+  // OpTypeImage operands after the result id: sampled type, Dim, Depth, Arrayed, MS, Sampled,
+  // Image Format.
+  if (image == m.types.end() || image->second.opcode != kOpTypeImage ||
+      image->second.operands.size() < 6 || image->second.operands[1] != kDimBuffer ||
+      image->second.operands[5] != 1) {
+    return std::nullopt;
+  }
+  auto component = m.types.find(image->second.operands[0]);
+  if (component == m.types.end()) return std::nullopt;
+  if (component->second.opcode == kOpTypeFloat) return SpirvInterface::TexelComponent::kFloat;
+  if (component->second.opcode != kOpTypeInt || component->second.operands.size() < 2) {
+    return std::nullopt;
+  }
+  return component->second.operands[1] != 0 ? SpirvInterface::TexelComponent::kInt
+                                            : SpirvInterface::TexelComponent::kUint;
+}
+
 absl::StatusOr<SpirvInterface> ReflectSpirv(absl::Span<const uint32_t> words) {
   if (words.size() < 5 || words[0] != kMagic) {
     return absl::InvalidArgumentError("not a SPIR-V module (bad magic number)");
@@ -166,6 +198,8 @@ absl::StatusOr<SpirvInterface> ReflectSpirv(absl::Span<const uint32_t> words) {
       case kOpTypeArray:
       case kOpTypeRuntimeArray:
       case kOpTypeStruct:
+      case kOpTypeImage:
+      case kOpTypeSampledImage:
       case kOpTypePointer:
         if (n >= 1) m.types[w[0]] = Type{opcode, std::vector<uint32_t>(w + 1, w + n)};
         break;
@@ -252,11 +286,19 @@ absl::StatusOr<SpirvInterface> ReflectSpirv(absl::Span<const uint32_t> words) {
                       (storage == kStorageUniform && m.buffer_blocks.count(block) > 0));
     if (set0 && storage_buffer) {
       out.storage_buffer_bindings.push_back(binding->second);
+    } else if (set0 && storage == kStorageUniformConstant) {
+      std::optional<SpirvInterface::TexelComponent> texel = UniformTexelComponent(m, pointee);
+      if (texel.has_value()) {
+        out.texel_buffer_bindings.emplace_back(binding->second, *texel);
+      } else {
+        out.has_other_descriptors = true;
+      }
     } else {
       out.has_other_descriptors = true;
     }
   }
   std::sort(out.storage_buffer_bindings.begin(), out.storage_buffer_bindings.end());
+  std::sort(out.texel_buffer_bindings.begin(), out.texel_buffer_bindings.end());
 
   // Workgroup size: the WorkgroupSize built-in (which overrides LocalSize) or LocalSizeId.
   std::array<uint32_t, 3> size_ids = m.local_size_ids;

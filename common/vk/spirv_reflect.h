@@ -22,7 +22,12 @@ struct SpirvInterface {
   // Uniform + BufferBlock in older modules), sorted. May have gaps where the optimizer removed
   // unused bindings.
   std::vector<uint32_t> storage_buffer_bindings;
-  // True when some variable uses a descriptor set other than 0 or a non-storage-buffer binding.
+  // Descriptor bindings of set 0 holding uniform texel buffers (GLSL samplerBuffer /
+  // usamplerBuffer / isamplerBuffer: a sampled image of dimension Buffer), sorted, with the
+  // component type of the texels the shader reads.
+  enum class TexelComponent { kFloat, kUint, kInt };
+  std::vector<std::pair<uint32_t, TexelComponent>> texel_buffer_bindings;
+  // True when some variable uses a descriptor set other than 0 or any other kind of descriptor.
   bool has_other_descriptors = false;
   // SpecId decorations present, sorted.
   std::vector<uint32_t> spec_ids;

@@ -88,7 +88,8 @@ void CheckMatMul(Device& device, Kernels& kernels, CommandList& cl, std::mt19937
   SCOPED_TRACE(::testing::Message()
                << GgmlTypeName(type) << " cols " << s.cols << " rows " << s.rows << " tokens "
                << s.n_tokens << " via " << MatMulKernelName(config, s.n_tokens) << " k_lanes "
-               << config.matvec_k_lanes << " shared " << config.shared_tiles << " x_stride "
+               << config.matvec_k_lanes << " shared " << config.shared_tiles << " texel "
+               << config.texel_reads << " x_stride "
                << layout.x_stride << " y_stride " << layout.y_stride);
   const int64_t x_stride = layout.x_stride == 0 ? s.cols : layout.x_stride;
   const int64_t y_stride = layout.y_stride == 0 ? s.rows : layout.y_stride;
@@ -166,6 +167,8 @@ std::vector<MatMulConfig> Configs(const Device& device) {
   odd.thread_rows = 3;
   odd.thread_tokens = 1;
   odd.shared_tiles = true;
+  // Both read paths (storage buffers, texel buffers) on every device.
+  other.texel_reads = !native.texel_reads;
   return {native, other, odd};
 }
 

@@ -59,6 +59,22 @@ TEST(SpirvReflectTest, FixedLocalSizeAndLargerBlocks) {
   EXPECT_EQ(rows->push_constant_bytes, 28u);
 }
 
+TEST(SpirvReflectTest, TexelBufferBindingsAndTheirComponentTypes) {
+  const absl::StatusOr<SpirvInterface> mv = ReflectSpirv(KernelSpirv(KernelId::kMatvecQ8_0Texel));
+  ASSERT_TRUE(mv.ok()) << mv.status();
+  using Component = SpirvInterface::TexelComponent;
+  // w: usamplerBuffer, x: samplerBuffer; y stays a storage buffer.
+  EXPECT_EQ(mv->texel_buffer_bindings,
+            (std::vector<std::pair<uint32_t, Component>>{{0, Component::kUint},
+                                                         {1, Component::kFloat}}));
+  EXPECT_EQ(mv->storage_buffer_bindings, (std::vector<uint32_t>{2}));
+  EXPECT_FALSE(mv->has_other_descriptors);
+  const absl::StatusOr<SpirvInterface> plain = ReflectSpirv(KernelSpirv(KernelId::kMatvecQ8_0));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(plain->texel_buffer_bindings.empty());
+  EXPECT_EQ(plain->storage_buffer_bindings, (std::vector<uint32_t>{0, 1, 2}));
+}
+
 TEST(SpirvReflectTest, RejectsGarbage) {
   const std::vector<uint32_t> garbage = {1, 2, 3, 4, 5, 6};
   EXPECT_EQ(ReflectSpirv(garbage).status().code(), absl::StatusCode::kInvalidArgument);

@@ -1,8 +1,10 @@
-// Streaming-read bandwidth probe (shaders/stream_read.comp): checks the sum and prints GB/s
-// from the dispatch's timestamps (or wall time without them). A measurement, not a gate.
+// Streaming-read bandwidth probe (shaders/stream_read.comp), through a storage buffer and through
+// a uniform texel buffer view of the same bytes: checks the sum and prints GB/s from the
+// dispatch's timestamps (or wall time without them). A measurement, not a gate.
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <string>
 
 #include "tests/vk/vk_test_util.h"
 
@@ -14,9 +16,10 @@ struct StreamPush {
 };
 DUET_VK_PUSH_CONSTANTS(StreamPush);
 
-class StreamReadTest : public testing::VkTest {};
+class StreamReadTest : public testing::VkTest, public ::testing::WithParamInterface<KernelId> {};
 
-TEST_F(StreamReadTest, SumsAndReportsBandwidth) {
+TEST_P(StreamReadTest, SumsAndReportsBandwidth) {
+  const KernelId kernel = GetParam();
   const uint64_t bytes = uint64_t{64} << 20;
   ASSERT_LE(bytes, device().limits().max_storage_buffer_range);
   const uint32_t num_vec4 = static_cast<uint32_t>(bytes / 16);
@@ -30,7 +33,7 @@ TEST_F(StreamReadTest, SumsAndReportsBandwidth) {
   const bool timed = device().features().timestamps;
   std::unique_ptr<CommandList> prof =
       std::move(CommandList::Create(&device(), {.profiling = timed})).value();
-  const Pipeline* pipeline = *kernels().Get<StreamPush>(KernelId::kStreamReadF32);
+  const Pipeline* pipeline = *kernels().Get<StreamPush>(kernel);
   constexpr int kRuns = 3;
   const auto start = std::chrono::steady_clock::now();
   for (int run = 0; run < kRuns; ++run) {
@@ -54,10 +57,17 @@ TEST_F(StreamReadTest, SumsAndReportsBandwidth) {
     EXPECT_EQ(report[0].count, kRuns);
     us = report[0].mean_us;
   }
-  std::printf("[vk] stream_read_f32 on %s: %llu MiB in %.0f us = %.2f GB/s (%s)\n",
-              device().info().name.c_str(), static_cast<unsigned long long>(bytes >> 20), us,
+  std::printf("[vk] %s on %s: %llu MiB in %.0f us = %.2f GB/s (%s)\n",
+              std::string(KernelName(kernel)).c_str(), device().info().name.c_str(),
+              static_cast<unsigned long long>(bytes >> 20), us,
               static_cast<double>(bytes) / (us * 1e3), timed ? "timestamps" : "wall clock");
 }
+
+INSTANTIATE_TEST_SUITE_P(ReadPaths, StreamReadTest,
+                         ::testing::Values(KernelId::kStreamReadF32, KernelId::kStreamReadTexelF32),
+                         [](const ::testing::TestParamInfo<KernelId>& param) {
+                           return param.param == KernelId::kStreamReadF32 ? "Storage" : "Texel";
+                         });
 
 }  // namespace
 }  // namespace duet::vk
