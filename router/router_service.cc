@@ -1,0 +1,196 @@
+#include "router/router_service.h"
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status.h"
+#include "common/rpc/address.h"
+#include "common/rpc/status_convert.h"
+#include "duet/v1/duet.grpc.pb.h"
+#include "duet/v1/internal.grpc.pb.h"
+#include "router/generate_call.h"
+#include "router/validate.h"
+#include "spdlog/spdlog.h"
+
+namespace duet::router {
+namespace {
+
+absl::StatusOr<NodeRole> RoleFromProto(duet::v1::NodeRole role) {
+  switch (role) {
+    case duet::v1::NODE_ROLE_PREFILL:
+      return NodeRole::kPrefill;
+    case duet::v1::NODE_ROLE_DECODE:
+      return NodeRole::kDecode;
+    case duet::v1::NODE_ROLE_COLOCATED:
+      return NodeRole::kColocated;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("role must be NODE_ROLE_PREFILL, NODE_ROLE_DECODE or NODE_ROLE_COLOCATED, got ",
+                   static_cast<int>(role)));
+}
+
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(rpc::ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace
+
+class Router::DuetServiceImpl final : public duet::v1::Duet::CallbackService {
+ public:
+  explicit DuetServiceImpl(Router* router) : router_(router) {}
+
+  grpc::ServerWriteReactor<duet::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const duet::v1::GenerateRequest* request) override {
+    return GenerateCall::Start(&router_->state_, context, *request);
+  }
+
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const duet::v1::TokenizeRequest* request,
+                                     duet::v1::TokenizeResponse* response) override {
+    return Answer(context, router_->Tokenize(*request, response));
+  }
+
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const duet::v1::ListModelsRequest* /*request*/,
+                                       duet::v1::ListModelsResponse* response) override {
+    router_->ListModels(response);
+    return Answer(context, absl::OkStatus());
+  }
+
+ private:
+  Router* const router_;
+};
+
+class Router::NodeControlImpl final : public duet::v1::NodeControl::CallbackService {
+ public:
+  explicit NodeControlImpl(Router* router) : router_(router) {}
+
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
+                                     const duet::v1::RegisterRequest* request,
+                                     duet::v1::RegisterResponse* response) override {
+    return Answer(context, router_->Register(*request, response));
+  }
+
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const duet::v1::HeartbeatRequest* request,
+                                      duet::v1::HeartbeatResponse* response) override {
+    router_->Heartbeat(*request, response);
+    return Answer(context, absl::OkStatus());
+  }
+
+ private:
+  Router* const router_;
+};
+
+Router::Router(const ServedModel* model, RouterOptions options, const Clock* clock)
+    : state_(model, std::move(options), clock),
+      duet_service_(std::make_unique<DuetServiceImpl>(this)),
+      node_control_(std::make_unique<NodeControlImpl>(this)) {
+  if (state_.options().sweep_interval > absl::ZeroDuration()) {
+    sweeper_ = std::thread([this] { SweepLoop(); });
+  }
+}
+
+Router::~Router() {
+  StopSweeper();
+  WaitForIdle();
+}
+
+std::vector<grpc::Service*> Router::services() {
+  return {duet_service_.get(), node_control_.get()};
+}
+
+void Router::StopSweeper() {
+  {
+    absl::MutexLock lock(&sweeper_mu_);
+    stop_sweeper_ = true;
+  }
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+void Router::SweepLoop() {
+  absl::MutexLock lock(&sweeper_mu_);
+  while (!sweeper_mu_.AwaitWithTimeout(absl::Condition(&stop_sweeper_),
+                                       state_.options().sweep_interval)) {
+    sweeper_mu_.Unlock();
+    state_.SweepNodes();
+    sweeper_mu_.Lock();
+  }
+}
+
+absl::Status Router::Tokenize(const duet::v1::TokenizeRequest& request,
+                              duet::v1::TokenizeResponse* response) const {
+  const ServedModel& model = state_.model();
+  DUET_RETURN_IF_ERROR(CheckModel(request.model(), model.id));
+  std::optional<bool> add_bos;
+  if (request.has_add_bos()) add_bos = request.add_bos();
+  DUET_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                        TokenizeText(*model.tokenizer, request.text(), add_bos));
+  for (int32_t id : ids) {
+    response->add_token_ids(id);
+    response->add_pieces(model.tokenizer->TokenToPiece(id));
+  }
+  return absl::OkStatus();
+}
+
+void Router::ListModels(duet::v1::ListModelsResponse* response) const {
+  *response->add_models() = state_.model().info();
+}
+
+absl::Status Router::Register(const duet::v1::RegisterRequest& request,
+                              duet::v1::RegisterResponse* response) {
+  DUET_ASSIGN_OR_RETURN(NodeRole role, RoleFromProto(request.role()));
+  const std::string& served = state_.model().id;
+  if (!request.model_id().empty() && request.model_id() != served) {
+    return absl::FailedPreconditionError(absl::StrCat("node '", request.node_id(),
+                                                      "' serves model '", request.model_id(),
+                                                      "' but this router serves '", served, "'"));
+  }
+  absl::StatusOr<rpc::HostPort> host_port = rpc::ParseHostPort(request.address());
+  if (!host_port.ok() || host_port->port == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("node '", request.node_id(),
+                                                   "': address must be a dialable host:port, "
+                                                   "got '",
+                                                   request.address(), "'"));
+  }
+  NodeSpec spec;
+  spec.id = NodeId(request.node_id());
+  spec.role = role;
+  spec.address = request.address();
+  spec.model_id = request.model_id();
+  spec.total_kv_blocks = request.total_kv_blocks();
+  spec.block_size = request.block_size();
+  DUET_ASSIGN_OR_RETURN(RegisterResult result, state_.registry().Register(spec));
+  if (result.replaced.has_value()) state_.NodeLost(*result.replaced);
+  spdlog::info("registered {} node {} at {} ({} KV blocks of {} tokens)", NodeRoleName(role),
+               request.node_id(), request.address(), request.total_kv_blocks(),
+               request.block_size());
+  response->set_heartbeat_interval_ms(
+      absl::ToInt64Milliseconds(state_.options().heartbeat_interval));
+  return absl::OkStatus();
+}
+
+void Router::Heartbeat(const duet::v1::HeartbeatRequest& request,
+                       duet::v1::HeartbeatResponse* response) {
+  const duet::v1::NodeLoad& load = request.load();
+  NodeLoadReport report;
+  report.queued_prefill_tokens = load.queued_prefill_tokens();
+  report.running_sequences = load.running_sequences();
+  report.waiting_sequences = load.waiting_sequences();
+  report.free_kv_blocks = load.free_kv_blocks();
+  report.total_kv_blocks = load.total_kv_blocks();
+  const bool known =
+      state_.registry().Heartbeat(NodeId(request.node_id()), report, request.draining());
+  if (!known)
+    spdlog::info("heartbeat from unknown node {}: asking it to register", request.node_id());
+  response->set_known(known);
+}
+
+}  // namespace duet::router
