@@ -100,7 +100,8 @@ absl::Status CpuEngine::RunLayer(int64_t layer, const kv::SequenceView& view, in
 
 absl::StatusOr<std::vector<float>> CpuEngine::Run(const SequenceRef& seq,
                                                   absl::Span<const int32_t> tokens, bool all_logits,
-                                                  bool commit, PendingKv* pending) {
+                                                  bool commit, PendingKv* pending,
+                                                  const PrefillObserver* observer) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c.hidden_dim;
@@ -116,6 +117,11 @@ absl::StatusOr<std::vector<float>> CpuEngine::Run(const SequenceRef& seq,
   }
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     DUET_RETURN_IF_ERROR(RunLayer(layer, view, n, x.data(), commit, pending));
+    const int64_t done = layer + 1;
+    if (observer != nullptr && (done % observer->layers_per_group == 0 || done == c.num_layers)) {
+      DUET_RETURN_IF_ERROR(
+          gate_.Notify(*observer, PrefillProgress{done, c.num_layers, seq.num_cached + n}));
+    }
   }
   const int64_t first = all_logits ? 0 : n - 1;
   std::vector<float> logits(static_cast<size_t>((n - first) * c.vocab_size));
@@ -130,15 +136,19 @@ absl::StatusOr<std::vector<float>> CpuEngine::Run(const SequenceRef& seq,
 
 absl::StatusOr<std::vector<float>> CpuEngine::Prefill(const SequenceRef& seq,
                                                       absl::Span<const int32_t> tokens,
-                                                      bool all_logits) {
+                                                      bool all_logits,
+                                                      const PrefillObserver* observer) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Prefill"));
+  DUET_RETURN_IF_ERROR(engine_internal::CheckObserver(observer));
   DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Prefill"));
   DUET_RETURN_IF_ERROR(engine_internal::CheckSequence(
       config_, kv_layout(), seq, static_cast<int64_t>(tokens.size()), "Prefill"));
   verifies_.Forget(seq);
-  return Run(seq, tokens, all_logits, /*commit=*/true, nullptr);
+  return Run(seq, tokens, all_logits, /*commit=*/true, nullptr, observer);
 }
 
 absl::StatusOr<std::vector<float>> CpuEngine::DecodeStep(absl::Span<const DecodeItem> batch) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("DecodeStep"));
   DUET_RETURN_IF_ERROR(engine_internal::CheckBatch(config_, kv_layout(), batch, "DecodeStep"));
   std::vector<float> logits;
   logits.reserve(batch.size() * static_cast<size_t>(config_.vocab_size));
@@ -154,6 +164,7 @@ absl::StatusOr<std::vector<float>> CpuEngine::DecodeStep(absl::Span<const Decode
 
 absl::StatusOr<std::vector<int32_t>> CpuEngine::DecodeStepGreedy(
     absl::Span<const DecodeItem> batch) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("DecodeStepGreedy"));
   DUET_ASSIGN_OR_RETURN(std::vector<float> logits, DecodeStep(batch));
   std::vector<int32_t> ids(batch.size());
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
@@ -165,6 +176,7 @@ absl::StatusOr<std::vector<int32_t>> CpuEngine::DecodeStepGreedy(
 
 absl::StatusOr<std::vector<float>> CpuEngine::Verify(const SequenceRef& seq,
                                                      absl::Span<const int32_t> tokens) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Verify"));
   DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Verify"));
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n > kMaxVerifyTokens) {
@@ -181,6 +193,7 @@ absl::StatusOr<std::vector<float>> CpuEngine::Verify(const SequenceRef& seq,
 }
 
 absl::Status CpuEngine::Commit(const SequenceRef& seq, int64_t accepted) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Commit"));
   DUET_ASSIGN_OR_RETURN(auto* entry, verifies_.Find(seq, accepted));
   const kv::SequenceView view{seq.block_table, seq.num_cached, seq.tail_slot};
   if (accepted > 0) {
@@ -191,6 +204,23 @@ absl::Status CpuEngine::Commit(const SequenceRef& seq, int64_t accepted) {
     }
   }
   verifies_.Forget(seq);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> CpuEngine::ExportKv(const SequenceRef& seq, int64_t num_tokens,
+                                                         const kv::KvRect& rect) {
+  DUET_RETURN_IF_ERROR(gate_.CheckExport(num_tokens, rect));
+  return kv::ExportRect(cache_, seq.block_table, seq.tail_slot, num_tokens, rect);
+}
+
+absl::Status CpuEngine::ImportKv(const SequenceRef& seq, int64_t num_tokens, const kv::KvRect& rect,
+                                 absl::Span<const uint8_t> payload) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("ImportKv"));
+  DUET_RETURN_IF_ERROR(
+      kv::ImportRect(&cache_, seq.block_table, seq.tail_slot, num_tokens, rect, payload));
+  verifies_.ForgetBlocks(
+      seq.block_table.subspan(static_cast<size_t>(rect.block_begin),
+                              static_cast<size_t>(rect.block_end - rect.block_begin)));
   return absl::OkStatus();
 }
 

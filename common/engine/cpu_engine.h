@@ -35,15 +35,22 @@ class CpuEngine final : public Engine {
   const kv::KvLayout& kv_layout() const override { return cache_.layout(); }
   std::string backend_name() const override { return "cpu"; }
 
+  using Engine::Prefill;
+  // Observer: called after each group of layers (on the CPU nothing overlaps it).
   absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
-                                             absl::Span<const int32_t> tokens,
-                                             bool all_logits = false) override;
+                                             absl::Span<const int32_t> tokens, bool all_logits,
+                                             const PrefillObserver* observer) override;
   absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
       absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
                                             absl::Span<const int32_t> tokens) override;
   absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+  // kv::ExportRect / kv::ImportRect over the cache.
+  absl::StatusOr<std::vector<uint8_t>> ExportKv(const SequenceRef& seq, int64_t num_tokens,
+                                                const kv::KvRect& rect) override;
+  absl::Status ImportKv(const SequenceRef& seq, int64_t num_tokens, const kv::KvRect& rect,
+                        absl::Span<const uint8_t> payload) override;
 
  private:
   // A step's pending K and V rows, per layer: [num_layers][n, kv_dim] each.
@@ -56,10 +63,12 @@ class CpuEngine final : public Engine {
             kv::PagedKvCache cache);
 
   // Runs `tokens` of one (checked) sequence at positions num_cached.. through every layer.
-  // Commits them when `commit`; keeps the K/V rows in *pending when non-null. Returns logits
-  // [n, vocab] when all_logits, else [vocab] of the last token.
+  // Commits them when `commit`; keeps the K/V rows in *pending when non-null; reports groups
+  // of layers to `observer` when non-null. Returns logits [n, vocab] when all_logits, else
+  // [vocab] of the last token.
   absl::StatusOr<std::vector<float>> Run(const SequenceRef& seq, absl::Span<const int32_t> tokens,
-                                         bool all_logits, bool commit, PendingKv* pending);
+                                         bool all_logits, bool commit, PendingKv* pending,
+                                         const PrefillObserver* observer = nullptr);
   // x: [n, hidden], updated in place.
   absl::Status RunLayer(int64_t layer, const kv::SequenceView& view, int64_t n, float* x,
                         bool commit, PendingKv* pending);
@@ -70,6 +79,7 @@ class CpuEngine final : public Engine {
   kv::PagedKvCache cache_;
   cpu_ref::SmallWeights small_;  // norms, biases, rope factors as f32
   engine_internal::PendingVerifies<PendingKv> verifies_;
+  engine_internal::ObserverGate gate_;
 };
 
 }  // namespace duet

@@ -10,11 +10,20 @@
 // num_cached .. num_cached + n - 1. Prefill and DecodeStep commit every position they run;
 // Verify commits none (the caller commits the accepted prefix with Commit).
 //
-// Thread safety: not thread-safe; one thread drives an engine.
+// KV transfer (disaggregated serving): ExportKv copies a rectangle (layers x blocks) of a
+// sequence's committed KV out as the canonical payload of common/kv/kv_payload.h; ImportKv
+// writes such a payload into another engine's blocks (another pool, other block ids, another
+// tail slot, either backend with the same KV dtype and geometry). A sequence whose every layer
+// and block was imported continues exactly as if this engine had prefilled it. Prefill with a
+// PrefillObserver reports each finished group of layers, so a prefill node can export and send
+// them while the next group computes.
+//
+// Thread safety: not thread-safe; one thread drives an engine (observer callbacks run on it).
 #ifndef DUET_COMMON_ENGINE_ENGINE_H_
 #define DUET_COMMON_ENGINE_ENGINE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +31,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/kv/kv_payload.h"
 #include "common/kv/paged_kv.h"
 #include "common/model/gguf.h"
 #include "common/model/model_config.h"
@@ -56,6 +66,35 @@ struct DecodeItem {
   int32_t token = 0;  // runs at position seq.num_cached
 };
 
+// What a Prefill has finished when its observer is called.
+struct PrefillProgress {
+  // Layers [0, layers_done) hold the final KV of positions [0, num_tokens): committed, FP8
+  // blocks sealed, the tail slot written. Layers [layers_done, num_layers) are still running.
+  int64_t layers_done = 0;
+  int64_t num_layers = 0;
+  int64_t num_tokens = 0;
+};
+
+// Layer-wise progress of a Prefill (Engine::Prefill with an observer).
+//
+// The layers run in groups of layers_per_group (the last may be smaller); after each group
+// completes, on_layers_done is called on the calling thread, in order, layers_done increasing
+// to num_layers. On Vulkan each group is its own submission and the next group is submitted
+// before the engine waits for the current one, so the callback overlaps the next group's
+// compute. A Prefill the engine splits into chunks (VulkanEngine::kMaxPrefillChunk) reports
+// every chunk's groups, num_tokens being the end of that chunk. Results (logits and KV) are
+// bit-identical with and without an observer.
+//
+// Inside the callback the only allowed engine call is ExportKv of this sequence with
+// rect.layer_end <= layers_done and num_tokens <= progress.num_tokens (other layers are being
+// written); anything else returns FAILED_PRECONDITION. A non-OK return stops the Prefill: it
+// returns that status once the work in flight has finished, and the sequence's KV is undefined
+// (its blocks and tail slot must be rewritten from position 0 before the sequence is used).
+struct PrefillObserver {
+  int64_t layers_per_group = 1;                                        // >= 1
+  std::function<absl::Status(const PrefillProgress&)> on_layers_done;  // required
+};
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -69,9 +108,18 @@ class Engine {
   // position [vocab], or of every position [n, vocab] when all_logits.
   // INVALID_ARGUMENT: empty tokens, an id outside the vocab, a block table that does not cover
   // the positions, a bad tail slot, or positions past the model's context length.
+  absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
+                                             absl::Span<const int32_t> tokens,
+                                             bool all_logits = false) {
+    return Prefill(seq, tokens, all_logits, nullptr);
+  }
+  // The same, reporting finished layers to `observer` when non-null (see PrefillObserver; it
+  // is used only during the call). Also INVALID_ARGUMENT for layers_per_group < 1 or an empty
+  // on_layers_done; and the callback's own status when it fails.
   virtual absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
                                                      absl::Span<const int32_t> tokens,
-                                                     bool all_logits = false) = 0;
+                                                     bool all_logits,
+                                                     const PrefillObserver* observer) = 0;
 
   // One token for each of many sequences (different lengths) in one pass; commits them.
   // Returns logits [batch, vocab] in batch order. Errors as Prefill, per item.
@@ -95,6 +143,27 @@ class Engine {
   // last call for seq was not a Verify (same num_cached, tail slot and block table) covering
   // them; INVALID_ARGUMENT for accepted outside [0, k + 1].
   virtual absl::Status Commit(const SequenceRef& seq, int64_t accepted) = 0;
+
+  // The KV of `rect` of a sequence holding num_tokens committed positions, as the payload of
+  // common/kv/kv_payload.h. The sequence is seq.block_table (covering rect.block_end blocks)
+  // and, for FP8 when the rectangle holds a partial last block, seq.tail_slot; seq.num_cached
+  // is ignored. REQUIRES: positions [0, num_tokens) are committed in the rectangle's layers,
+  // and the sequence's num_cached is exactly num_tokens when an FP8 partial block is exported
+  // (its tail slot holds only the positions of its current last block). Changes nothing.
+  // INVALID_ARGUMENT (kv::ValidateRectTarget): a rectangle out of range, a block table too
+  // short or with ids outside the pool, a bad tail slot.
+  virtual absl::StatusOr<std::vector<uint8_t>> ExportKv(const SequenceRef& seq, int64_t num_tokens,
+                                                        const kv::KvRect& rect) = 0;
+  // Writes a payload exported (by any engine with the same KV layout but for num_blocks and
+  // tail slots) for `rect` of a sequence of num_tokens positions into this sequence's blocks
+  // and, for an FP8 partial last block, its tail slot (seq.num_cached ignored). Once every
+  // layer and block of [0, num_tokens) has been imported, the sequence is exactly as if
+  // Prefill had run it here: decode on with num_cached = num_tokens. A pending Verify of a
+  // sequence writing one of the rectangle's blocks is dropped. INVALID_ARGUMENT, with nothing
+  // written: ExportKv's errors, a payload whose size is not kv::KvPayloadBytes (both named),
+  // or a malformed cell (kv::CheckCell: nonzero slots past num_tokens, a bad FP8 scale).
+  virtual absl::Status ImportKv(const SequenceRef& seq, int64_t num_tokens, const kv::KvRect& rect,
+                                absl::Span<const uint8_t> payload) = 0;
 
   // Per-kernel timing of every step so far, one row per kernel (calls, total ms, mean us,
   // share), when EngineOptions::profile is set and the backend profiles; else "".

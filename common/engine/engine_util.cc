@@ -102,4 +102,48 @@ absl::Status CheckBatch(const ModelConfig& config, const kv::KvLayout& layout,
   return absl::OkStatus();
 }
 
+absl::Status CheckObserver(const PrefillObserver* observer) {
+  if (observer == nullptr) return absl::OkStatus();
+  if (observer->layers_per_group < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Prefill: observer layers_per_group ",
+                                                   observer->layers_per_group, " must be >= 1"));
+  }
+  if (!observer->on_layers_done) {
+    return absl::InvalidArgumentError("Prefill: observer has no on_layers_done callback");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ObserverGate::Notify(const PrefillObserver& observer,
+                                  const PrefillProgress& progress) {
+  active_ = true;
+  progress_ = progress;
+  absl::Status status = observer.on_layers_done(progress);
+  active_ = false;
+  return status;
+}
+
+absl::Status ObserverGate::CheckIdle(const std::string& op) const {
+  if (!active_) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(op,
+                   ": called from inside a PrefillObserver callback, which may only ExportKv "
+                   "the finished layers"));
+}
+
+absl::Status ObserverGate::CheckExport(int64_t num_tokens, const kv::KvRect& rect) const {
+  if (!active_) return absl::OkStatus();
+  if (rect.layer_end > progress_.layers_done) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ExportKv inside a PrefillObserver callback: layer_end ", rect.layer_end,
+                     " > layers_done ", progress_.layers_done, " (later layers are running)"));
+  }
+  if (num_tokens > progress_.num_tokens) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ExportKv inside a PrefillObserver callback: num_tokens ", num_tokens,
+                     " > the ", progress_.num_tokens, " positions finished so far"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace duet::engine_internal

@@ -1,6 +1,7 @@
 // Pieces both engine backends share (internal to common/engine): the KV pool's layout from the
 // options, argument checks (so both backends reject the same calls with the same messages,
-// before touching any state), and the bookkeeping of Verify calls awaiting their Commit.
+// before touching any state), the bookkeeping of Verify calls awaiting their Commit, and what
+// a PrefillObserver callback may do while it runs.
 #ifndef DUET_COMMON_ENGINE_ENGINE_UTIL_H_
 #define DUET_COMMON_ENGINE_ENGINE_UTIL_H_
 
@@ -42,6 +43,26 @@ absl::Status CheckSequence(const ModelConfig& config, const kv::KvLayout& layout
 absl::Status CheckBatch(const ModelConfig& config, const kv::KvLayout& layout,
                         absl::Span<const DecodeItem> batch, const std::string& op);
 
+// INVALID_ARGUMENT unless observer is null or has layers_per_group >= 1 and a callback.
+absl::Status CheckObserver(const PrefillObserver* observer);
+
+// While a PrefillObserver callback runs: what it has been told. Both backends enforce the
+// same rule (engine.h): only ExportKv of finished layers.
+class ObserverGate {
+ public:
+  // Runs observer.on_layers_done(progress) with the gate open.
+  absl::Status Notify(const PrefillObserver& observer, const PrefillProgress& progress);
+  // FAILED_PRECONDITION naming `op` while a callback runs.
+  absl::Status CheckIdle(const std::string& op) const;
+  // OK outside callbacks; inside, OK only for layers [0, layers_done) and num_tokens up to the
+  // progress's, else FAILED_PRECONDITION naming the bound.
+  absl::Status CheckExport(int64_t num_tokens, const kv::KvRect& rect) const;
+
+ private:
+  bool active_ = false;
+  PrefillProgress progress_;
+};
+
 // The block that holds position num_cached: the one a call writes first, owned by the sequence.
 // REQUIRES: CheckSequence passed for this seq.
 inline int32_t WriteBlock(const kv::KvLayout& layout, const SequenceRef& seq) {
@@ -79,6 +100,11 @@ class PendingVerifies {
   // Ends the pending Verify of `seq`: its Commit, or any other call that runs it.
   // REQUIRES: CheckSequence passed (or Find found it).
   void Forget(const SequenceRef& seq) { entries_.erase(WriteBlock(layout_, seq)); }
+  // Ends the pending Verify of any sequence that writes one of `block_ids` (they are being
+  // overwritten, e.g. by an import).
+  void ForgetBlocks(absl::Span<const int32_t> block_ids) {
+    for (int32_t id : block_ids) entries_.erase(id);
+  }
 
   // The entry of `seq` when it covers `accepted` positions, else FAILED_PRECONDITION (no
   // matching Verify) or INVALID_ARGUMENT (accepted outside [0, k + 1]).

@@ -33,7 +33,9 @@ VulkanEngine::VulkanEngine(std::shared_ptr<const GgufFile> file, ModelConfig con
 
 VulkanEngine::~VulkanEngine() {
   // Nothing may be in flight when the buffers go.
-  if (cl_ != nullptr) (void)cl_->Wait();
+  for (std::unique_ptr<vk::CommandList>* list : {&cl_, &cl_alt_, &xfer_cl_}) {
+    if (*list != nullptr) (void)(*list)->Wait();
+  }
 }
 
 std::string VulkanEngine::backend_name() const {
@@ -66,13 +68,12 @@ absl::StatusOr<std::unique_ptr<VulkanEngine>> VulkanEngine::Create(
   return engine;
 }
 
-void VulkanEngine::ResetCommandList() {
+void VulkanEngine::ResetList(std::unique_ptr<vk::CommandList>* list, bool profiling) {
   vk::CommandListOptions options;
-  options.profiling = profile_;
+  options.profiling = profiling;
   absl::StatusOr<std::unique_ptr<vk::CommandList>> cl =
       vk::CommandList::Create(device_.get(), options);
-  // A failed creation leaves cl_ null; the next step reports it.
-  cl_ = cl.ok() ? std::move(*cl) : nullptr;
+  *list = cl.ok() ? std::move(*cl) : nullptr;
 }
 
 absl::StatusOr<vk::Buffer> VulkanEngine::NewBuffer(uint64_t bytes, vk::MemoryKind kind) {
@@ -257,7 +258,10 @@ uint64_t VulkanEngine::StashOffset(int64_t layer, int part) const {
 
 absl::StatusOr<std::vector<float>> VulkanEngine::Prefill(const SequenceRef& seq,
                                                          absl::Span<const int32_t> tokens,
-                                                         bool all_logits) {
+                                                         bool all_logits,
+                                                         const PrefillObserver* observer) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Prefill"));
+  DUET_RETURN_IF_ERROR(engine_internal::CheckObserver(observer));
   DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Prefill"));
   const int64_t n = static_cast<int64_t>(tokens.size());
   DUET_RETURN_IF_ERROR(engine_internal::CheckSequence(config_, layout_, seq, n, "Prefill"));
@@ -274,7 +278,7 @@ absl::StatusOr<std::vector<float>> VulkanEngine::Prefill(const SequenceRef& seq,
         all_logits ? LogitsOut::kAllRows : (last ? LogitsOut::kLastRow : LogitsOut::kNone);
     std::vector<float> part;
     DUET_RETURN_IF_ERROR(RunStep(StepKind::kPrefill, absl::MakeConstSpan(&step, 1), out, false,
-                                 nullptr, &part, nullptr));
+                                 nullptr, &part, nullptr, observer));
     logits.insert(logits.end(), part.begin(), part.end());
   }
   return logits;
@@ -284,6 +288,7 @@ absl::StatusOr<std::vector<float>> VulkanEngine::DecodeLogits(absl::Span<const D
                                                               bool greedy,
                                                               std::vector<int32_t>* ids) {
   const std::string op = greedy ? "DecodeStepGreedy" : "DecodeStep";
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle(op));
   DUET_RETURN_IF_ERROR(engine_internal::CheckBatch(config_, layout_, batch, op));
   std::vector<StepSeq> seqs;
   seqs.reserve(batch.size());
@@ -311,6 +316,7 @@ absl::StatusOr<std::vector<int32_t>> VulkanEngine::DecodeStepGreedy(
 
 absl::StatusOr<std::vector<float>> VulkanEngine::Verify(const SequenceRef& seq,
                                                         absl::Span<const int32_t> tokens) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Verify"));
   DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Verify"));
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n > kMaxVerifyTokens) {
@@ -331,6 +337,7 @@ absl::StatusOr<std::vector<float>> VulkanEngine::Verify(const SequenceRef& seq,
 }
 
 absl::Status VulkanEngine::Commit(const SequenceRef& seq, int64_t accepted) {
+  DUET_RETURN_IF_ERROR(gate_.CheckIdle("Commit"));
   DUET_ASSIGN_OR_RETURN(auto* entry, verifies_.Find(seq, accepted));
   if (accepted > 0) {
     vk::AttnSequence s;
@@ -347,7 +354,24 @@ absl::Status VulkanEngine::Commit(const SequenceRef& seq, int64_t accepted) {
 
 std::string VulkanEngine::ProfileReport() const {
   if (!profile_ || cl_ == nullptr) return "";
-  const std::vector<vk::KernelTiming> rows = cl_->ProfileReport();
+  // Layer groups run on two lists: merge their rows by kernel.
+  std::vector<vk::KernelTiming> rows = cl_->ProfileReport();
+  if (cl_alt_ != nullptr) {
+    for (const vk::KernelTiming& t : cl_alt_->ProfileReport()) {
+      auto it = std::find_if(rows.begin(), rows.end(),
+                             [&](const vk::KernelTiming& r) { return r.name == t.name; });
+      if (it == rows.end()) {
+        rows.push_back(t);
+      } else {
+        it->count += t.count;
+        it->total_us += t.total_us;
+        it->mean_us = it->count > 0 ? it->total_us / static_cast<double>(it->count) : 0.0;
+      }
+    }
+    std::sort(rows.begin(), rows.end(), [](const vk::KernelTiming& a, const vk::KernelTiming& b) {
+      return a.total_us != b.total_us ? a.total_us > b.total_us : a.name < b.name;
+    });
+  }
   double total_us = 0;
   for (const vk::KernelTiming& t : rows) total_us += t.total_us;
   std::string out = absl::StrFormat("%-28s %8s %12s %12s %7s\n", "kernel", "calls", "total ms",

@@ -17,6 +17,19 @@
 // kMaxPrefillChunk tokens is run as several chunks (one submit each). Decode-shaped steps
 // (DecodeStep, Verify) always use the matrix-vector kernel and split-K attention with a fixed
 // partition size, so a sequence's results do not depend on the rest of its batch.
+//
+// A Prefill with an observer submits each chunk's layers in groups on two command lists in
+// turn: group k + 1 is submitted before the engine waits for group k, then the callback runs
+// while group k + 1 computes. Every submission but the first starts with a no-op fill, so that
+// its first real command comes after a barrier, which orders it after the previous group
+// (still running; CommandList puts no barrier before a submission's first command).
+//
+// ExportKv / ImportKv copy the cells of a payload (kv_payload.h) between the KV buffers and
+// the host: with a plain memcpy when the KV buffers are host-visible (unified memory: lavapipe,
+// integrated GPUs), else through a staging buffer with all the rectangle's copies in one
+// submission of a third command list (so an export from an observer callback does not touch
+// the lists a group is running on). Exports only read finished layers' bytes, which no running
+// group writes.
 #ifndef DUET_COMMON_ENGINE_VULKAN_ENGINE_H_
 #define DUET_COMMON_ENGINE_VULKAN_ENGINE_H_
 
@@ -59,18 +72,26 @@ class VulkanEngine final : public Engine {
   const kv::KvLayout& kv_layout() const override { return layout_; }
   std::string backend_name() const override;
 
+  using Engine::Prefill;
   absl::StatusOr<std::vector<float>> Prefill(const SequenceRef& seq,
-                                             absl::Span<const int32_t> tokens,
-                                             bool all_logits = false) override;
+                                             absl::Span<const int32_t> tokens, bool all_logits,
+                                             const PrefillObserver* observer) override;
   absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
       absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
                                             absl::Span<const int32_t> tokens) override;
   absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+  absl::StatusOr<std::vector<uint8_t>> ExportKv(const SequenceRef& seq, int64_t num_tokens,
+                                                const kv::KvRect& rect) override;
+  absl::Status ImportKv(const SequenceRef& seq, int64_t num_tokens, const kv::KvRect& rect,
+                        absl::Span<const uint8_t> payload) override;
   std::string ProfileReport() const override;
 
   const vk::Device& device() const { return *device_; }
+  // Tests and benchmarks: copy KV through the staging buffer even when the KV buffers are
+  // host-visible (the path discrete GPUs take).
+  void set_kv_copies_via_staging(bool staging) { kv_copies_via_staging_ = staging; }
 
  private:
   // Rows of the pre-expanded bias buffers (qwen2): bias adds run in chunks of this many rows.
@@ -115,6 +136,20 @@ class VulkanEngine final : public Engine {
   };
   enum class StepKind { kPrefill, kDecode, kVerify };
   enum class LogitsOut { kNone, kLastRow, kAllRows };
+  // A step's batch, with its inputs (token ids, positions, sequence table) already uploaded.
+  struct PreparedStep {
+    std::vector<vk::AttnSequence> attn;  // block tables point into the caller's spans
+    uint64_t table_words = 0;
+    int64_t rows = 0;
+    int64_t logit_rows = 0;
+  };
+  // One copy between a KV buffer and the host bytes of a payload.
+  struct KvCopy {
+    const vk::Buffer* buffer = nullptr;  // a K/V data, scales or tail buffer
+    uint64_t buffer_offset = 0;
+    uint64_t payload_offset = 0;
+    uint64_t bytes = 0;
+  };
   // Where a Verify keeps its K/V rows until Commit.
   using Stash = std::unique_ptr<vk::Buffer>;
 
@@ -130,18 +165,38 @@ class VulkanEngine final : public Engine {
   // Records and submits one step. `stash` (Verify): the K/V rows go there and nothing is
   // committed. Returns logits (float) or, when greedy, argmax ids (int32), as raw rows copied
   // into *floats / *ids.
+  // With an observer (a one-sequence prefill), the layers run in groups (RunLayerGroups).
   absl::Status RunStep(StepKind kind, absl::Span<const StepSeq> seqs, LogitsOut logits_out,
                        bool greedy, vk::Buffer* stash, std::vector<float>* floats,
-                       std::vector<int32_t>* ids);
-  // The part of RunStep that records commands into cl_.
-  // attn_seqs: the batch's sequences (their table, table_words long, is already uploaded).
-  absl::Status RecordStep(StepKind kind, absl::Span<const vk::AttnSequence> attn_seqs,
-                          uint64_t table_words, int64_t rows, LogitsOut logits_out, bool greedy,
+                       std::vector<int32_t>* ids, const PrefillObserver* observer = nullptr);
+  // Builds the batch and uploads its inputs (growing the activations as needed).
+  absl::StatusOr<PreparedStep> PrepareStep(StepKind kind, absl::Span<const StepSeq> seqs,
+                                           LogitsOut logits_out);
+  // Records layers [layer_begin, layer_end) of a prepared step into `cl`, preceded by the
+  // embedding when layer_begin == 0 and followed by the logits (and argmax when greedy) when
+  // layer_end == num_layers.
+  absl::Status RecordStep(vk::CommandList& cl, StepKind kind, const PreparedStep& prepared,
+                          int64_t layer_begin, int64_t layer_end, LogitsOut logits_out, bool greedy,
                           vk::Buffer* stash);
+  // Submits a prefill's layer groups on cl_ and cl_alt_ in turn and calls the observer after
+  // each (see the file comment). num_tokens: the chunk's end position.
+  absl::Status RunLayerGroups(const PreparedStep& step, LogitsOut logits_out,
+                              const PrefillObserver& observer, int64_t num_tokens);
+  // Copies logits or ids of a finished step to the host.
+  void ReadResults(const PreparedStep& step, bool greedy, std::vector<float>* floats,
+                   std::vector<int32_t>* ids) const;
   // Records the per-layer commit of a pending Verify's rows.
   absl::Status RecordVerifyCommit(const vk::AttnSequence& seq, const vk::Buffer& stash);
   // Discards a failed recording (a fresh command list; the half-recorded one never runs).
-  void ResetCommandList();
+  // Leaves *list null when creation fails (the next use reports it).
+  void ResetCommandList() { ResetList(&cl_, profile_); }
+  void ResetList(std::unique_ptr<vk::CommandList>* list, bool profiling);
+  // The copies of a payload's cells, adjacent ones merged (vulkan_kv_transfer.cc).
+  std::vector<KvCopy> KvCopies(absl::Span<const kv::KvCell> cells, int32_t tail_slot) const;
+  // Runs `copies` from the KV buffers into `to_host`, or from `from_host` into them (exactly
+  // one is non-null; payload_bytes long).
+  absl::Status TransferKv(absl::Span<const KvCopy> copies, const uint8_t* from_host,
+                          uint8_t* to_host, uint64_t payload_bytes);
   // Byte offset of layer `layer`'s K (part 0) or V (part 1) rows in a stash.
   uint64_t StashOffset(int64_t layer, int part) const;
   vk::KvLayerViews CacheViews(int64_t layer) const;
@@ -155,7 +210,10 @@ class VulkanEngine final : public Engine {
   std::unique_ptr<vk::Device> device_;
   std::unique_ptr<vk::Kernels> kernels_;
   std::unique_ptr<vk::CommandList> cl_;
+  std::unique_ptr<vk::CommandList> cl_alt_;   // layer groups alternate between cl_ and it
+  std::unique_ptr<vk::CommandList> xfer_cl_;  // staged KV copies
   bool profile_ = false;
+  bool kv_copies_via_staging_ = false;
   vk::MatMulConfig prefill_matmul_;
   vk::MatMulConfig decode_matmul_;  // matvec for every batch size (batch invariance)
   vk::DecodeOptions decode_attn_;
@@ -163,6 +221,10 @@ class VulkanEngine final : public Engine {
   KvBuffers kv_;
   Activations act_;
   engine_internal::PendingVerifies<Stash> verifies_;
+  engine_internal::ObserverGate gate_;
+  vk::Buffer order_marker_;    // target of the no-op fills that open layer groups
+  vk::Buffer export_staging_;  // kReadback, grown on demand
+  vk::Buffer import_staging_;  // kUpload, grown on demand
 };
 
 }  // namespace duet

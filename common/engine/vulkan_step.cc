@@ -17,69 +17,149 @@ uint64_t U64(int64_t v) { return static_cast<uint64_t>(v); }
 
 }  // namespace
 
-absl::Status VulkanEngine::RunStep(StepKind kind, absl::Span<const StepSeq> seqs,
-                                   LogitsOut logits_out, bool greedy, vk::Buffer* stash,
-                                   std::vector<float>* floats, std::vector<int32_t>* ids) {
-  if (cl_ == nullptr) ResetCommandList();
-  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
-
+absl::StatusOr<VulkanEngine::PreparedStep> VulkanEngine::PrepareStep(StepKind kind,
+                                                                     absl::Span<const StepSeq> seqs,
+                                                                     LogitsOut logits_out) {
   // The batch: rows of every sequence back to back.
-  std::vector<vk::AttnSequence> attn(seqs.size());
+  PreparedStep p;
+  p.attn.resize(seqs.size());
   std::vector<int32_t> tokens;
   std::vector<int32_t> positions;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const StepSeq& s = seqs[i];
-    attn[i].q_offset = static_cast<int64_t>(tokens.size());
-    attn[i].num_new = static_cast<int64_t>(s.tokens.size());
-    attn[i].num_cached = s.seq.num_cached;
-    attn[i].tail_slot = s.seq.tail_slot;
-    attn[i].block_table = s.seq.block_table;
+    p.attn[i].q_offset = static_cast<int64_t>(tokens.size());
+    p.attn[i].num_new = static_cast<int64_t>(s.tokens.size());
+    p.attn[i].num_cached = s.seq.num_cached;
+    p.attn[i].tail_slot = s.seq.tail_slot;
+    p.attn[i].block_table = s.seq.block_table;
     for (size_t j = 0; j < s.tokens.size(); ++j) {
       tokens.push_back(s.tokens[j]);
       positions.push_back(static_cast<int32_t>(s.seq.num_cached + static_cast<int64_t>(j)));
     }
   }
-  const int64_t rows = static_cast<int64_t>(tokens.size());
-  const std::vector<uint32_t> table = vk::EncodeSequenceTable(attn);
-  const int64_t logit_rows =
-      logits_out == LogitsOut::kAllRows ? rows : (logits_out == LogitsOut::kLastRow ? 1 : 0);
+  p.rows = static_cast<int64_t>(tokens.size());
+  const std::vector<uint32_t> table = vk::EncodeSequenceTable(p.attn);
+  p.table_words = table.size();
+  p.logit_rows =
+      logits_out == LogitsOut::kAllRows ? p.rows : (logits_out == LogitsOut::kLastRow ? 1 : 0);
   uint64_t scratch_bytes = 0;
   if (kind != StepKind::kPrefill) {
     vk::AttnStep probe;
     probe.layout = layout_;
-    probe.seqs = attn;
+    probe.seqs = p.attn;
     scratch_bytes = vk::PagedAttnDecodeScratchBytes(probe, config_.num_heads, decode_attn_);
   }
   DUET_RETURN_IF_ERROR(
-      EnsureActivations(rows, std::max<int64_t>(logit_rows, 1), table.size(), scratch_bytes));
+      EnsureActivations(p.rows, std::max<int64_t>(p.logit_rows, 1), table.size(), scratch_bytes));
   std::memcpy(act_.tokens.mapped(), tokens.data(), tokens.size() * 4);
   std::memcpy(act_.positions.mapped(), positions.data(), positions.size() * 4);
   std::memcpy(act_.seq_table.mapped(), table.data(), table.size() * 4);
+  return p;
+}
 
-  if (absl::Status status = RecordStep(kind, attn, table.size(), rows, logits_out, greedy, stash);
-      !status.ok()) {
-    ResetCommandList();
-    return status;
-  }
-  DUET_RETURN_IF_ERROR(cl_->Submit());
-
-  if (logit_rows == 0) return absl::OkStatus();
-  if (greedy) {
-    const vk::Buffer& src = act_.ids.host_visible() ? act_.ids : act_.readback;
-    ids->resize(static_cast<size_t>(logit_rows));
-    std::memcpy(ids->data(), src.mapped(), ids->size() * 4);
+absl::Status VulkanEngine::RunStep(StepKind kind, absl::Span<const StepSeq> seqs,
+                                   LogitsOut logits_out, bool greedy, vk::Buffer* stash,
+                                   std::vector<float>* floats, std::vector<int32_t>* ids,
+                                   const PrefillObserver* observer) {
+  if (cl_ == nullptr) ResetCommandList();
+  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+  DUET_ASSIGN_OR_RETURN(const PreparedStep step, PrepareStep(kind, seqs, logits_out));
+  if (observer == nullptr) {
+    if (absl::Status status =
+            RecordStep(*cl_, kind, step, 0, config_.num_layers, logits_out, greedy, stash);
+        !status.ok()) {
+      ResetCommandList();
+      return status;
+    }
+    DUET_RETURN_IF_ERROR(cl_->Submit());
   } else {
-    const vk::Buffer& src = act_.logits.host_visible() ? act_.logits : act_.readback;
-    floats->resize(static_cast<size_t>(logit_rows * config_.vocab_size));
-    std::memcpy(floats->data(), src.mapped(), floats->size() * 4);
+    const StepSeq& s = seqs[0];  // a prefill: one sequence
+    DUET_RETURN_IF_ERROR(RunLayerGroups(step, logits_out, *observer,
+                                        s.seq.num_cached + static_cast<int64_t>(s.tokens.size())));
+  }
+  ReadResults(step, greedy, floats, ids);
+  return absl::OkStatus();
+}
+
+absl::Status VulkanEngine::RunLayerGroups(const PreparedStep& step, LogitsOut logits_out,
+                                          const PrefillObserver& observer, int64_t num_tokens) {
+  if (cl_alt_ == nullptr) ResetList(&cl_alt_, profile_);
+  if (cl_alt_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+  if (order_marker_.size() == 0) {
+    DUET_ASSIGN_OR_RETURN(order_marker_, NewBuffer(8, vk::MemoryKind::kDevice));
+  }
+  std::unique_ptr<vk::CommandList>* const lists[2] = {&cl_, &cl_alt_};
+  const int64_t num_layers = config_.num_layers;
+  const int64_t per_group = observer.layers_per_group;
+  const int64_t num_groups = (num_layers + per_group - 1) / per_group;
+
+  auto submit_group = [&](int64_t k) -> absl::Status {
+    std::unique_ptr<vk::CommandList>& list = *lists[k % 2];
+    if (list == nullptr) ResetList(&list, profile_);
+    if (list == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+    const int64_t begin = k * per_group;
+    const int64_t end = std::min(num_layers, begin + per_group);
+    // The no-op fill takes the barrier-less first place, so the group's real commands follow
+    // a barrier that orders them after the previous group (submitted earlier, still running).
+    // Each list fills its own word: two fills never race.
+    absl::Status status =
+        k == 0 ? absl::OkStatus() : list->Fill(order_marker_.view(4 * U64(k % 2), 4), 0);
+    if (status.ok()) {
+      status = RecordStep(*list, StepKind::kPrefill, step, begin, end, logits_out,
+                          /*greedy=*/false, /*stash=*/nullptr);
+    }
+    if (!status.ok()) {
+      ResetList(&list, profile_);
+      return status;
+    }
+    return list->SubmitAsync();
+  };
+  // Waits for both lists (nothing may stay in flight when a call returns).
+  auto wait_all = [&]() {
+    for (std::unique_ptr<vk::CommandList>* list : lists) {
+      if (*list != nullptr) (void)(*list)->Wait();
+    }
+  };
+
+  DUET_RETURN_IF_ERROR(submit_group(0));
+  for (int64_t k = 0; k < num_groups; ++k) {
+    absl::Status status = k + 1 < num_groups ? submit_group(k + 1) : absl::OkStatus();
+    const absl::Status waited = (*lists[k % 2])->Wait();
+    if (status.ok()) status = waited;
+    if (status.ok()) {
+      const PrefillProgress progress{std::min(num_layers, (k + 1) * per_group), num_layers,
+                                     num_tokens};
+      status = gate_.Notify(observer, progress);
+    }
+    if (!status.ok()) {
+      wait_all();
+      return status;
+    }
   }
   return absl::OkStatus();
 }
 
-absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSequence> attn_seqs,
-                                      uint64_t table_words, int64_t rows, LogitsOut logits_out,
-                                      bool greedy, vk::Buffer* stash) {
-  vk::CommandList& cl = *cl_;
+void VulkanEngine::ReadResults(const PreparedStep& step, bool greedy, std::vector<float>* floats,
+                               std::vector<int32_t>* ids) const {
+  if (step.logit_rows == 0) return;
+  if (greedy) {
+    const vk::Buffer& src = act_.ids.host_visible() ? act_.ids : act_.readback;
+    ids->resize(static_cast<size_t>(step.logit_rows));
+    std::memcpy(ids->data(), src.mapped(), ids->size() * 4);
+  } else {
+    const vk::Buffer& src = act_.logits.host_visible() ? act_.logits : act_.readback;
+    floats->resize(static_cast<size_t>(step.logit_rows * config_.vocab_size));
+    std::memcpy(floats->data(), src.mapped(), floats->size() * 4);
+  }
+}
+
+absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
+                                      const PreparedStep& prepared, int64_t layer_begin,
+                                      int64_t layer_end, LogitsOut logits_out, bool greedy,
+                                      vk::Buffer* stash) {
+  const absl::Span<const vk::AttnSequence> attn_seqs = prepared.attn;
+  const int64_t rows = prepared.rows;
+  const uint64_t table_words = prepared.table_words;
   const vk::Kernels& kernels = *kernels_;
   const ModelConfig& c = config_;
   const Activations& a = act_;
@@ -105,10 +185,12 @@ absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSe
     return absl::OkStatus();
   };
 
-  DUET_RETURN_IF_ERROR(vk::RecordGetRows(cl, kernels, weights_.token_embd.type,
-                                         weights_.token_embd.data, c.vocab_size, c.hidden_dim,
-                                         a.tokens.view(), a.x.view(), rows));
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+  if (layer_begin == 0) {
+    DUET_RETURN_IF_ERROR(vk::RecordGetRows(cl, kernels, weights_.token_embd.type,
+                                           weights_.token_embd.data, c.vocab_size, c.hidden_dim,
+                                           a.tokens.view(), a.x.view(), rows));
+  }
+  for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
     // K/V rows: the step's scratch, or the Verify's stash that Commit reads later.
     const vk::BufferView k_new =
@@ -176,7 +258,7 @@ absl::Status VulkanEngine::RecordStep(StepKind kind, absl::Span<const vk::AttnSe
         vk::RecordAdd(cl, kernels, a.x.view(), a.delta.view(), a.x.view(), residual));
   }
 
-  if (logits_out == LogitsOut::kNone) return absl::OkStatus();
+  if (layer_end < c.num_layers || logits_out == LogitsOut::kNone) return absl::OkStatus();
   const uint64_t row_bytes = U64(c.hidden_dim) * 4;
   int64_t logit_rows = rows;
   if (logits_out == LogitsOut::kLastRow) {

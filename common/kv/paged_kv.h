@@ -160,6 +160,15 @@ class PagedKvCache {
   absl::Span<const uint8_t> data(int64_t layer, KvPart part) const;
   absl::Span<const float> scales(int64_t layer, KvPart part) const;
   absl::Span<const uint16_t> tail() const { return tail_; }
+  // The same storage, writable: for importing a KV payload (common/kv/kv_payload.h), which
+  // writes whole committed blocks and tails. Callers keep the cache's invariants (docs).
+  absl::Span<uint8_t> mutable_data(int64_t layer, KvPart part) {
+    return absl::MakeSpan(Data(layer, part));
+  }
+  absl::Span<float> mutable_scales(int64_t layer, KvPart part) {
+    return absl::MakeSpan(Scales(layer, part));
+  }
+  absl::Span<uint16_t> mutable_tail() { return absl::MakeSpan(tail_); }
 
  private:
   explicit PagedKvCache(const KvLayout& layout);

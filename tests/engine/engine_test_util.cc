@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/engine/vulkan_engine.h"
 #include "common/model/sampling.h"
 #include "common/model/synthetic_model.h"
 #include "common/vk/device.h"
@@ -88,6 +89,27 @@ std::unique_ptr<Engine> MakeEngine(const std::string& backend, std::shared_ptr<c
   absl::StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(backend, std::move(file), options);
   EXPECT_TRUE(engine.ok()) << backend << ": " << engine.status();
   return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+std::unique_ptr<Engine> MakeBackend(const std::string& mode, std::shared_ptr<const GgufFile> file,
+                                    const EngineOptions& options) {
+  if (mode != "vulkan_staged") return MakeEngine(mode, std::move(file), options);
+  absl::StatusOr<std::unique_ptr<VulkanEngine>> engine =
+      VulkanEngine::Create(std::move(file), options);
+  EXPECT_TRUE(engine.ok()) << mode << ": " << engine.status();
+  if (!engine.ok()) return nullptr;
+  (*engine)->set_kv_copies_via_staging(true);
+  return std::move(*engine);
+}
+
+std::vector<int32_t> SeededTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t;
+  uint32_t x = seed * 2654435761u + 7u;
+  for (int64_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    t.push_back(static_cast<int32_t>(3 + (x >> 8) % static_cast<uint32_t>(vocab - 3)));
+  }
+  return t;
 }
 
 std::vector<int32_t> BlockRange(int32_t first, int32_t count) {

@@ -46,6 +46,14 @@ EngineOptions TestOptions(kv::CacheDtype dtype, int64_t num_blocks = 64, int64_t
 std::unique_ptr<Engine> MakeEngine(const std::string& backend, std::shared_ptr<const GgufFile> file,
                                    const EngineOptions& options);
 
+// MakeEngine for "cpu", "vulkan", or "vulkan_staged": the Vulkan engine copying KV through
+// its staging buffer even on unified memory (the path of discrete GPUs).
+std::unique_ptr<Engine> MakeBackend(const std::string& mode, std::shared_ptr<const GgufFile> file,
+                                    const EngineOptions& options);
+
+// Deterministic token ids in [3, vocab) (no control tokens) from `seed`.
+std::vector<int32_t> SeededTokens(int64_t n, int64_t vocab, uint32_t seed);
+
 // Blocks [first, first + count) as a table.
 std::vector<int32_t> BlockRange(int32_t first, int32_t count);
 
