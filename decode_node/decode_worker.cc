@@ -1,0 +1,226 @@
+// The decode node's worker thread: runs posted tasks (KV chunks, aborts, admissions), expires
+// leases, and runs the scheduler's steps on the engine.
+//
+// Per step: Schedule() under mu_; the engine work outside it (Engine::Prefill per colocated
+// chunk, one Engine::DecodeStep -- or DecodeStepGreedy when every sequence in the step takes
+// the ArgMax -- for all decode entries); sampling and stop checks per request
+// (node/completion.h); tokens go to the request's sink; UpdateFromOutput and the finished
+// requests' last events under mu_.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/rpc/status_convert.h"
+#include "decode_node/decode_node.h"
+
+namespace duet::decode {
+namespace {
+
+sched::FinishReason SchedulerReason(node::StopKind stop) {
+  switch (stop) {
+    case node::StopKind::kNone:
+      return sched::FinishReason::kNone;
+    case node::StopKind::kLength:
+      return sched::FinishReason::kLength;
+    default:
+      return sched::FinishReason::kStop;
+  }
+}
+
+}  // namespace
+
+void DecodeNode::WorkerLoop() {
+  bool idle = false;  // the last step had nothing to run: wait for an event before the next
+  while (true) {
+    std::deque<Task> tasks;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this, idle]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopped_ || wake_ || !tasks_.empty() || (!idle && scheduler_.has_requests());
+      };
+      if (!ready()) mu_.AwaitWithTimeout(absl::Condition(&ready), IdleWait());
+      if (stopped_) return;
+      wake_ = false;
+      tasks.swap(tasks_);
+    }
+    for (Task& task : tasks) task(/*stopped=*/false);
+    ExpireLeases();
+    idle = !RunStep();
+  }
+}
+
+absl::Duration DecodeNode::IdleWait() const {
+  const absl::Time now = clock_->Now();
+  absl::Time next = now + absl::Hours(1);
+  for (const auto& [id, r] : requests_) {
+    if (r->phase == Phase::kReserved) {
+      const kv::Reservation* res = reservations_.Find(r->reservation_id);
+      next = std::min(next, res != nullptr ? res->expires_at : now);
+    } else if (r->phase == Phase::kDone) {
+      next = std::min(next, r->done_at + options_.unclaimed_retention);
+    }
+  }
+  return std::max(next - now, absl::ZeroDuration());
+}
+
+void DecodeNode::ExpireLeases() {
+  absl::MutexLock lock(&mu_);
+  for (const kv::ExpiredReservation& e : reservations_.ExpireDue()) {
+    std::shared_ptr<Request> r = Find(e.request_id);
+    if (r == nullptr || r->reservation_id != e.reservation_id) continue;
+    DropReserved(*r, absl::AbortedError(absl::StrCat("reservation '", e.reservation_id,
+                                                     "' of request ", e.request_id.ToString(),
+                                                     " expired: its KV did not arrive in time")));
+  }
+  const absl::Time now = clock_->Now();
+  std::vector<RequestId> stale;
+  for (const auto& [id, r] : requests_) {
+    if (r->phase == Phase::kDone && now - r->done_at >= options_.unclaimed_retention) {
+      stale.push_back(id);
+    }
+  }
+  for (const RequestId& id : stale) requests_.erase(id);
+}
+
+void DecodeNode::MarkDone(Request& r) {
+  r.phase = Phase::kDone;
+  r.done_at = clock_->Now();
+  if (!r.stream_opened) return;  // kept for its StreamTokens to collect
+  const RequestId id = r.id;
+  if (std::shared_ptr<Request> current = Find(id); current.get() == &r) requests_.erase(id);
+}
+
+void DecodeNode::AbortRunning(Request& r, const absl::Status& status) {
+  if (r.phase != Phase::kRunning) return;
+  (void)scheduler_.Abort(r.id);  // NOT_FOUND when it is not queued yet (Run) or just finished
+  r.sink->Fail(status);
+  MarkDone(r);
+}
+
+sched::RequestOutput DecodeNode::Emit(Request& r, int32_t token,
+                                      const std::optional<v1::TokenLogprobs>& logprobs) {
+  const node::StopKind stop = r.completion.Append(token);
+  if (logprobs.has_value()) {
+    r.sink->AddTokens({&token, 1}, {&*logprobs, 1});
+  } else {
+    r.sink->AddTokens({&token, 1}, {});
+  }
+  return sched::RequestOutput{r.id, token, SchedulerReason(stop)};
+}
+
+sched::RequestOutput DecodeNode::SampleAndEmit(Request& r, absl::Span<const float> logits) {
+  const SampleResult s = r.completion.Sample(logits);
+  std::optional<v1::TokenLogprobs> logprobs;
+  if (r.completion.num_logprobs() > 0) logprobs = node::ToProto(s);
+  return Emit(r, s.token, logprobs);
+}
+
+bool DecodeNode::RunStep() {
+  sched::SchedulerOutput plan;
+  std::vector<std::shared_ptr<Request>> decoding, prefilling;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!scheduler_.has_requests()) return false;
+    plan = scheduler_.Schedule();
+    for (const sched::Preempted& p : plan.preempted) {
+      std::shared_ptr<Request> r = Find(p.id);
+      if (r == nullptr) continue;
+      spdlog::warn("decode {}: request {} preempted after {} tokens: the KV pool is exhausted",
+                   options_.node_id, p.id.ToString(), p.num_output_tokens);
+      r->sink->Fail(rpc::WithRetryAfter(
+          absl::UnavailableError("preempted: KV pool exhausted; retry"), options_.retry_after));
+      MarkDone(*r);
+    }
+    for (const sched::DecodeEntry& d : plan.decodes) decoding.push_back(Find(d.id));
+    for (const sched::PrefillChunk& c : plan.prefills) prefilling.push_back(Find(c.id));
+  }
+  const bool progressed = !plan.empty() || !plan.preempted.empty();
+  sched::StepResult result;
+  const int64_t vocab = vocab_size_;
+
+  for (size_t i = 0; i < plan.prefills.size(); ++i) {
+    const sched::PrefillChunk& c = plan.prefills[i];
+    Request& r = *prefilling[i];
+    absl::StatusOr<std::vector<float>> logits =
+        engine_->Prefill(SequenceRef{c.block_table, c.num_cached, c.tail_slot}, c.tokens);
+    if (!logits.ok()) {
+      r.error = absl::Status(logits.status().code(),
+                             absl::StrCat("prefill failed: ", logits.status().message()));
+      result.outputs.push_back({c.id, std::nullopt, sched::FinishReason::kAborted});
+    } else if (c.completes_prompt) {
+      result.outputs.push_back(SampleAndEmit(r, *logits));
+    }
+  }
+
+  if (!plan.decodes.empty()) {
+    std::vector<DecodeItem> items;
+    items.reserve(plan.decodes.size());
+    bool greedy = true;
+    for (size_t i = 0; i < plan.decodes.size(); ++i) {
+      const sched::DecodeEntry& d = plan.decodes[i];
+      items.push_back(DecodeItem{SequenceRef{d.block_table, d.num_cached, d.tail_slot}, d.token});
+      greedy = greedy && decoding[i]->completion.sampling().greedy_argmax();
+    }
+    absl::Status status;
+    if (greedy) {
+      absl::StatusOr<std::vector<int32_t>> tokens = engine_->DecodeStepGreedy(items);
+      status = tokens.status();
+      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
+        result.outputs.push_back(Emit(*decoding[i], (*tokens)[i], std::nullopt));
+      }
+    } else {
+      absl::StatusOr<std::vector<float>> logits = engine_->DecodeStep(items);
+      status = logits.status();
+      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
+        result.outputs.push_back(SampleAndEmit(
+            *decoding[i], absl::Span<const float>(logits->data() + static_cast<int64_t>(i) * vocab,
+                                                  static_cast<size_t>(vocab))));
+      }
+    }
+    if (!status.ok()) {
+      spdlog::error("decode {}: decode step of {} sequences failed: {}", options_.node_id,
+                    items.size(), status.ToString());
+      for (size_t i = 0; i < items.size(); ++i) {
+        decoding[i]->error =
+            absl::Status(status.code(), absl::StrCat("decode step failed: ", status.message()));
+        result.outputs.push_back({plan.decodes[i].id, std::nullopt, sched::FinishReason::kAborted});
+      }
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = scheduler_.UpdateFromOutput(result); !s.ok()) {
+    spdlog::critical("decode {}: the scheduler rejected its own step's results: {}",
+                     options_.node_id, s.ToString());
+    std::abort();
+  }
+  for (const sched::FinishedRequest& f : scheduler_.TakeFinished()) {
+    std::shared_ptr<Request> r = Find(f.id);
+    if (r == nullptr) continue;
+    switch (f.reason) {
+      case sched::FinishReason::kStop:
+        r->sink->Finish(node::ToFinishReason(r->completion.stop()));
+        break;
+      case sched::FinishReason::kLength:
+        r->sink->Finish(v1::FINISH_REASON_LENGTH);
+        break;
+      case sched::FinishReason::kResourceExhausted:
+        r->sink->Fail(absl::ResourceExhaustedError(f.detail));
+        break;
+      default:
+        r->sink->Fail(r->error.ok()
+                          ? absl::AbortedError(absl::StrCat(
+                                "request ended: ", std::string(sched::FinishReasonName(f.reason))))
+                          : r->error);
+        break;
+    }
+    MarkDone(*r);
+  }
+  return progressed;
+}
+
+}  // namespace duet::decode

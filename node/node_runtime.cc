@@ -1,0 +1,171 @@
+#include "node/node_runtime.h"
+
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/rpc/server.h"
+#include "node/node_control.h"
+
+namespace duet::node {
+namespace {
+
+sigset_t TerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+// Counts termination signals on a thread of its own (sigwait), so the main thread can wait on
+// a condition instead.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    thread_ = std::thread([this] {
+      const sigset_t set = TerminationSignals();
+      while (true) {
+        int signal = 0;
+        if (sigwait(&set, &signal) != 0) continue;
+        absl::MutexLock lock(&mu_);
+        if (done_) return;
+        ++count_;
+        spdlog::info("received signal {} ({})", signal, count_ == 1 ? "draining" : "giving up");
+      }
+    });
+  }
+  ~SignalWatcher() {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    // Wakes the sigwait; the signal is blocked in every thread, so nothing else sees it.
+    pthread_kill(thread_.native_handle(), SIGTERM);
+    thread_.join();
+  }
+
+  // Waits until `n` signals arrived or `timeout` passed; true when they arrived.
+  bool Await(int n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto arrived = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return count_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&arrived), timeout);
+  }
+
+ private:
+  absl::Mutex mu_;
+  int count_ ABSL_GUARDED_BY(mu_) = 0;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::Status InitLogging(const std::string& level) {
+  const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
+  if (parsed == spdlog::level::off && level != "off") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--log-level '", level, "' is not one of: trace, debug, info, warn, error, off"));
+  }
+  auto logger = spdlog::stderr_color_mt("duet");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(parsed);
+  return absl::OkStatus();
+}
+
+void BlockTerminationSignals() {
+  const sigset_t set = TerminationSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+std::string DefaultNodeId(v1::NodeRole role) {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(RoleName(role), "-", host[0] != '\0' ? host : "localhost", "-", getpid());
+}
+
+int ServeNode(const NodeOptions& options, const std::string& node_id, const NodeHooks& hooks) {
+  SignalWatcher signals;
+  rpc::ServerOptions server_options;
+  server_options.address = absl::StrCat(options.host, ":", options.port);
+  grpc::Service* const services[] = {hooks.service};
+  absl::StatusOr<std::unique_ptr<rpc::RpcServer>> server =
+      rpc::RpcServer::Start(server_options, services);
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s: %s\n", node_id.c_str(), server.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+  std::string address = options.advertise_address;
+  if (address.empty()) {
+    // A wildcard listen address is not dialable: advertise the machine's name instead.
+    const bool wildcard = options.host == "0.0.0.0" || options.host == "[::]";
+    char host[256] = {};
+    if (wildcard && gethostname(host, sizeof(host) - 1) == 0 && host[0] != '\0') {
+      address = absl::StrCat(host, ":", (*server)->port());
+    } else {
+      address = absl::StrCat(options.host, ":", (*server)->port());
+    }
+  }
+  spdlog::info("{} node {} serving model {} at {} ({} KV blocks of {} tokens, {})",
+               RoleName(options.role), node_id, options.model_id, address, hooks.total_kv_blocks,
+               hooks.block_size, v1::KvDtype_Name(hooks.kv_dtype));
+
+  std::unique_ptr<NodeControlClient> control;
+  if (!options.router.empty()) {
+    v1::RegisterRequest registration;
+    registration.set_node_id(node_id);
+    registration.set_role(options.role);
+    registration.set_address(address);
+    registration.set_model_id(options.model_id);
+    registration.set_total_kv_blocks(hooks.total_kv_blocks);
+    registration.set_block_size(hooks.block_size);
+    registration.set_kv_dtype(hooks.kv_dtype);
+    absl::StatusOr<std::unique_ptr<NodeControlClient>> client =
+        NodeControlClient::Start(options.router, registration, hooks.load,
+                                 absl::Milliseconds(options.heartbeat_interval_ms));
+    if (!client.ok()) {
+      std::fprintf(stderr, "%s: --router: %s\n", node_id.c_str(),
+                   client.status().ToString().c_str());
+      (*server)->Shutdown(absl::ZeroDuration());
+      hooks.stop();
+      return 1;
+    }
+    control = std::move(*client);
+  }
+
+  signals.Await(1, absl::InfiniteDuration());
+  spdlog::info("node {}: draining", node_id);
+  (*server)->SetServing(false);
+  hooks.start_drain();
+  if (control != nullptr) {
+    control->SetDraining();
+    // So the router stops assigning work here before the server stops answering.
+    control->AwaitDrainingReported(absl::Milliseconds(2 * options.heartbeat_interval_ms) +
+                                   absl::Seconds(1));
+  }
+  int exit_code = 0;
+  while (!hooks.await_drained(absl::Milliseconds(100))) {
+    if (signals.Await(2, absl::ZeroDuration())) {
+      spdlog::warn("node {}: second signal: stopping without waiting for in-flight work", node_id);
+      exit_code = 1;
+      break;
+    }
+  }
+  control.reset();
+  (*server)->Shutdown(exit_code == 0 ? absl::Seconds(5) : absl::ZeroDuration());
+  hooks.stop();
+  spdlog::info("node {}: stopped", node_id);
+  return exit_code;
+}
+
+}  // namespace duet::node

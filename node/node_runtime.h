@@ -1,0 +1,59 @@
+// The process around a node service, shared by duet-prefill-node and duet-decode-node:
+// logging, termination signals, the gRPC server (health + reflection), the "listening on" line,
+// registration and heartbeats, and the drain on SIGTERM.
+//
+// Lifecycle of ServeNode:
+//   1. starts the server on options.host:options.port and prints "listening on HOST:PORT" as
+//      the first line of stdout (flushed);
+//   2. with --router: registers and heartbeats (node/node_control.h) with the node's load;
+//   3. on SIGTERM or SIGINT: health NOT_SERVING, a heartbeat with draining = true, new work
+//      refused (UNAVAILABLE) while in-flight work -- KV transfers included -- finishes; then the
+//      server shuts down, the node stops, and ServeNode returns 0. A second signal while
+//      draining gives up waiting and returns 1.
+#ifndef DUET_NODE_NODE_RUNTIME_H_
+#define DUET_NODE_NODE_RUNTIME_H_
+
+#include <grpcpp/impl/service_type.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "duet/v1/internal.pb.h"
+#include "node/node_options.h"
+
+namespace duet::node {
+
+// Sets spdlog's default logger to stderr (stdout carries the "listening on" line) at `level`.
+// INVALID_ARGUMENT for an unknown level.
+absl::Status InitLogging(const std::string& level);
+
+// Blocks SIGTERM and SIGINT in the calling thread. Call it first in main(), before any thread
+// starts, so that every thread inherits the mask and ServeNode's sigwait receives them.
+void BlockTerminationSignals();
+
+// "<role>-<hostname>-<pid>": the node id when --node-id is not given.
+std::string DefaultNodeId(v1::NodeRole role);
+
+// What ServeNode needs of a node service. Every function must be thread-safe.
+struct NodeHooks {
+  grpc::Service* service = nullptr;  // not owned
+  int64_t total_kv_blocks = 0;
+  int32_t block_size = 0;
+  v1::KvDtype kv_dtype = v1::KV_DTYPE_UNSPECIFIED;
+  std::function<v1::NodeLoad()> load;
+  std::function<void()> start_drain;                  // refuse new work
+  std::function<bool(absl::Duration)> await_drained;  // true once no work is in flight
+  std::function<void()> stop;                         // after the server shut down
+};
+
+// Serves `hooks.service` until a termination signal, then drains (see the file comment).
+// REQUIRES: BlockTerminationSignals() ran in main. Returns the process exit code; errors
+// starting the server or the router client are printed to stderr (exit code 1).
+int ServeNode(const NodeOptions& options, const std::string& node_id, const NodeHooks& hooks);
+
+}  // namespace duet::node
+
+#endif  // DUET_NODE_NODE_RUNTIME_H_
