@@ -4,71 +4,31 @@
 //
 // Serves duet.v1.DecodeService (and Run with --role colocated). Prints "listening on HOST:PORT"
 // first on stdout; drains and exits 0 on SIGTERM (node/node_runtime.h).
-#include <cstdio>
-#include <string>
-#include <vector>
+#include <memory>
 
 #include "decode_node/decode_node.h"
-#include "node/node_model.h"
-#include "node/node_options.h"
 #include "node/node_runtime.h"
 
 int main(int argc, char** argv) {
-  duet::node::BlockTerminationSignals();
-  const std::string program = "duet-decode-node";
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  bool help = false;
-  std::string usage;
-  absl::StatusOr<duet::node::NodeOptions> options = duet::node::ParseNodeOptions(
-      program, duet::v1::NODE_ROLE_DECODE,
-      {duet::v1::NODE_ROLE_DECODE, duet::v1::NODE_ROLE_COLOCATED}, args, &help, &usage);
-  if (!options.ok()) {
-    std::fprintf(stderr, "%s: %s (--help lists the flags)\n", program.c_str(),
-                 std::string(options.status().message()).c_str());
-    return 2;
-  }
-  if (help) {
-    std::printf("%s", usage.c_str());
-    return 0;
-  }
-  if (absl::Status s = duet::node::InitLogging(options->log_level); !s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", program.c_str(), std::string(s.message()).c_str());
-    return 2;
-  }
-  absl::StatusOr<duet::node::NodeModel> model =
-      duet::node::LoadNodeModel(options->model_path, options->model_id, options->backend,
-                                duet::node::EngineOptionsFor(*options));
-  if (!model.ok()) {
-    std::fprintf(stderr, "%s: %s\n", program.c_str(), model.status().ToString().c_str());
-    return 1;
-  }
-  const std::string node_id =
-      options->node_id.empty() ? duet::node::DefaultNodeId(options->role) : options->node_id;
-
-  duet::decode::DecodeNodeOptions decode_options;
-  decode_options.role = options->role == duet::v1::NODE_ROLE_COLOCATED
-                            ? duet::sched::Role::kColocated
-                            : duet::sched::Role::kDecode;
-  decode_options.node_id = node_id;
-  decode_options.model_id = model->model_id;
-  decode_options.max_num_seqs = options->max_num_seqs;
-  decode_options.max_num_batched_tokens = options->max_num_batched_tokens;
-  decode_options.prefill_chunk_tokens = options->prefill_chunk_tokens;
-  absl::StatusOr<std::unique_ptr<duet::decode::DecodeNode>> node =
-      duet::decode::DecodeNode::Create(decode_options, model->engine.get(), model->tokenizer.get());
-  if (!node.ok()) {
-    std::fprintf(stderr, "%s: %s\n", program.c_str(), node.status().ToString().c_str());
-    return 1;
-  }
-  duet::decode::DecodeNode* n = node->get();
-  duet::node::NodeHooks hooks;
-  hooks.service = n;
-  hooks.total_kv_blocks = n->total_kv_blocks();
-  hooks.block_size = n->block_size();
-  hooks.kv_dtype = n->kv_dtype();
-  hooks.load = [n] { return n->Load(); };
-  hooks.start_drain = [n] { n->StartDrain(); };
-  hooks.await_drained = [n](absl::Duration timeout) { return n->AwaitDrained(timeout); };
-  hooks.stop = [n] { n->Stop(); };
-  return duet::node::ServeNode(*options, node_id, hooks);
+  using duet::node::NodeHooks;
+  return duet::node::RunNodeMain(
+      "duet-decode-node", duet::v1::NODE_ROLE_DECODE,
+      {duet::v1::NODE_ROLE_DECODE, duet::v1::NODE_ROLE_COLOCATED}, argc, argv,
+      [](const duet::node::NodeOptions& options, const std::string& node_id,
+         const duet::node::NodeModel& model) -> absl::StatusOr<NodeHooks> {
+        duet::decode::DecodeNodeOptions decode_options;
+        decode_options.role = options.role == duet::v1::NODE_ROLE_COLOCATED
+                                  ? duet::sched::Role::kColocated
+                                  : duet::sched::Role::kDecode;
+        decode_options.node_id = node_id;
+        decode_options.model_id = model.model_id;
+        decode_options.max_num_seqs = options.max_num_seqs;
+        decode_options.max_num_batched_tokens = options.max_num_batched_tokens;
+        decode_options.prefill_chunk_tokens = options.prefill_chunk_tokens;
+        absl::StatusOr<std::unique_ptr<duet::decode::DecodeNode>> node =
+            duet::decode::DecodeNode::Create(decode_options, model.engine.get(),
+                                             model.tokenizer.get());
+        if (!node.ok()) return node.status();
+        return duet::node::HooksFor(std::shared_ptr<duet::decode::DecodeNode>(std::move(*node)));
+      });
 }

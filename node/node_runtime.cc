@@ -169,3 +169,48 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
 }
 
 }  // namespace duet::node
+
+namespace duet::node {
+
+int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::NodeRole> roles,
+                int argc, char** argv, const CreateNodeFn& create) {
+  BlockTerminationSignals();
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  bool help = false;
+  std::string usage;
+  absl::StatusOr<NodeOptions> options = ParseNodeOptions(program, role, roles, args, &help, &usage);
+  if (!options.ok()) {
+    // ArgParser's errors already name the program and point at --help; the others don't.
+    const std::string message(options.status().message());
+    if (message.rfind(program + ": ", 0) == 0) {
+      std::fprintf(stderr, "%s\n", message.c_str());
+    } else {
+      std::fprintf(stderr, "%s: %s (--help lists the flags)\n", program.c_str(), message.c_str());
+    }
+    return 2;
+  }
+  if (help) {
+    std::printf("%s", usage.c_str());
+    return 0;
+  }
+  if (absl::Status s = InitLogging(options->log_level); !s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program.c_str(), std::string(s.message()).c_str());
+    return 2;
+  }
+  absl::StatusOr<NodeModel> model = LoadNodeModel(options->model_path, options->model_id,
+                                                  options->backend, EngineOptionsFor(*options));
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program.c_str(), model.status().ToString().c_str());
+    return 1;
+  }
+  const std::string node_id =
+      options->node_id.empty() ? DefaultNodeId(options->role) : options->node_id;
+  absl::StatusOr<NodeHooks> hooks = create(*options, node_id, *model);
+  if (!hooks.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program.c_str(), hooks.status().ToString().c_str());
+    return 1;
+  }
+  return ServeNode(*options, node_id, *hooks);
+}
+
+}  // namespace duet::node

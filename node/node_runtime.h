@@ -17,11 +17,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "duet/v1/internal.pb.h"
+#include "node/node_model.h"
 #include "node/node_options.h"
 
 namespace duet::node {
@@ -53,6 +57,34 @@ struct NodeHooks {
 // REQUIRES: BlockTerminationSignals() ran in main. Returns the process exit code; errors
 // starting the server or the router client are printed to stderr (exit code 1).
 int ServeNode(const NodeOptions& options, const std::string& node_id, const NodeHooks& hooks);
+
+// Hooks for a node type with the lifecycle methods of DecodeNode / PrefillNode. The hooks share
+// ownership of the node, so it lives as long as they do.
+template <typename NodeT>
+NodeHooks HooksFor(std::shared_ptr<NodeT> node) {
+  NodeHooks hooks;
+  hooks.service = node.get();
+  hooks.total_kv_blocks = node->total_kv_blocks();
+  hooks.block_size = node->block_size();
+  hooks.kv_dtype = node->kv_dtype();
+  hooks.load = [node] { return node->Load(); };
+  hooks.start_drain = [node] { node->StartDrain(); };
+  hooks.await_drained = [node](absl::Duration timeout) { return node->AwaitDrained(timeout); };
+  hooks.stop = [node] { node->Stop(); };
+  return hooks;
+}
+
+// Builds the node service over the loaded model (which outlives the returned hooks).
+using CreateNodeFn = std::function<absl::StatusOr<NodeHooks>(
+    const NodeOptions& options, const std::string& node_id, const NodeModel& model)>;
+
+// The whole main() of a node executable: blocks termination signals, parses the flags (`role`
+// is the default role, `roles` the ones --role may pick; --help prints the usage), sets up
+// logging, loads the model and engine, picks the node id, calls `create`, then ServeNode.
+// Exit codes: ServeNode's, 2 for bad flags, 1 when the model or the node cannot start; every
+// error is one line on stderr naming `program`.
+int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::NodeRole> roles,
+                int argc, char** argv, const CreateNodeFn& create);
 
 }  // namespace duet::node
 
