@@ -451,7 +451,17 @@ v1::NodeLoad DecodeNode::Load() const {
       static_cast<int32_t>(scheduler_.num_waiting() + reservations_.num_reservations()));
   load.set_free_kv_blocks(blocks_.num_free());
   load.set_total_kv_blocks(total_blocks_);
+  load.set_active_requests(static_cast<int32_t>(requests_.size()));
   return load;
+}
+
+void DecodeNode::AddCounters(google::protobuf::Map<std::string, int64_t>* counters) const {
+  absl::MutexLock lock(&mu_);
+  (*counters)["kv_chunks_accepted"] = num_chunks_accepted_;
+  (*counters)["kv_transfers_failed"] = num_transfers_failed_;
+  (*counters)["kv_checksum_errors"] = num_checksum_errors_;
+  (*counters)["leases_expired"] = num_leases_expired_;
+  (*counters)["preemptions"] = scheduler_.num_preemptions();
 }
 
 DecodeNode::Snapshot DecodeNode::SnapshotLocked() const {

@@ -73,6 +73,9 @@ struct DecodeNodeOptions {
   // Retry-after hint of RESOURCE_EXHAUSTED (pool full) and UNAVAILABLE (draining, preempted).
   absl::Duration retry_after = absl::Milliseconds(200);
   Clock* clock = nullptr;  // leases and scheduler times; null = Clock::Real()
+  // Test-only: sleep this long after every decode step, so that tests which kill or cancel
+  // mid-stream find a tiny model's requests still streaming.
+  absl::Duration test_step_delay = absl::ZeroDuration();
 };
 
 class DecodeNode final : public v1::DecodeService::CallbackService {
@@ -111,6 +114,8 @@ class DecodeNode final : public v1::DecodeService::CallbackService {
 
   // For heartbeats. Thread-safe.
   v1::NodeLoad Load() const;
+  // Event counts for NodeAdmin.GetStatus (v1::NodeStatus.counters). Thread-safe.
+  void AddCounters(google::protobuf::Map<std::string, int64_t>* counters) const;
   int64_t total_kv_blocks() const { return total_blocks_; }
   int32_t block_size() const { return static_cast<int32_t>(engine_->kv_layout().block_size); }
   v1::KvDtype kv_dtype() const;
@@ -207,6 +212,9 @@ class DecodeNode final : public v1::DecodeService::CallbackService {
   absl::flat_hash_map<RequestId, std::shared_ptr<Request>> requests_ ABSL_GUARDED_BY(mu_);
   uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t num_chunks_accepted_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t num_transfers_failed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t num_checksum_errors_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t num_leases_expired_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

@@ -72,6 +72,7 @@ void DecodeNode::ExpireLeases() {
   for (const kv::ExpiredReservation& e : reservations_.ExpireDue()) {
     std::shared_ptr<Request> r = Find(e.request_id);
     if (r == nullptr || r->reservation_id != e.reservation_id) continue;
+    ++num_leases_expired_;
     DropReserved(*r, absl::AbortedError(absl::StrCat("reservation '", e.reservation_id,
                                                      "' of request ", e.request_id.ToString(),
                                                      " expired: its KV did not arrive in time")));
@@ -166,6 +167,7 @@ bool DecodeNode::RunStep() {
       greedy = greedy && decoding[i]->completion.sampling().greedy_argmax();
     }
     absl::Status status;
+    if (options_.test_step_delay > absl::ZeroDuration()) absl::SleepFor(options_.test_step_delay);
     if (greedy) {
       absl::StatusOr<std::vector<int32_t>> tokens = engine_->DecodeStepGreedy(items);
       status = tokens.status();

@@ -345,6 +345,8 @@ void DecodeNode::DropReserved(Request& r, const absl::Status& status) {
 }
 
 void DecodeNode::FailReserved(Request& r, const absl::Status& status) {
+  ++num_transfers_failed_;
+  if (status.code() == absl::StatusCode::kDataLoss) ++num_checksum_errors_;
   DropReserved(r,
                absl::Status(status.code(), absl::StrCat("KV transfer for request ", r.id.ToString(),
                                                         " failed: ", status.message())));

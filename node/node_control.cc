@@ -51,7 +51,9 @@ void NodeControlClient::SetDraining() {
 
 bool NodeControlClient::AwaitDrainingReported(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
-  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return draining_reported_ || stop_; };
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return draining_reported_ || router_gone_ || stop_;
+  };
   mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
   return draining_reported_;
 }
@@ -129,6 +131,10 @@ void NodeControlClient::Loop() {
           spdlog::warn("node {}: the router does not know this node; registering again", id);
           continue;
         }
+      } else if (draining && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        // The router is gone (a cluster stops it first): there is nobody to tell.
+        if (!router_gone_) spdlog::info("node {}: router unreachable while draining", id);
+        router_gone_ = true;
       } else {
         spdlog::warn("node {}: Heartbeat failed: {}: {}", id, static_cast<int>(s.error_code()),
                      s.error_message());

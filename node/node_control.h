@@ -39,7 +39,8 @@ class NodeControlClient {
 
   void SetDraining();
   // After SetDraining: waits until a heartbeat with draining = true reached the router (it
-  // answered) or `timeout` passed. True when it was reported.
+  // answered), the router turned out unreachable (UNAVAILABLE: nobody to tell), or `timeout`
+  // passed. True when it was reported.
   bool AwaitDrainingReported(absl::Duration timeout);
   // Registered and the last heartbeat (if any) was answered with known = true.
   bool registered() const;
@@ -64,6 +65,7 @@ class NodeControlClient {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_reported_ ABSL_GUARDED_BY(mu_) = false;
+  bool router_gone_ ABSL_GUARDED_BY(mu_) = false;  // a draining heartbeat found no router
   bool registered_ ABSL_GUARDED_BY(mu_) = false;
   int64_t num_heartbeats_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -118,6 +118,10 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   parser.AddInt("layers-per-group", &o.layers_per_group,
                 "prefill: layers between KV sends (default: a quarter of the layers)");
   parser.AddInt("max-chunk-bytes", &o.max_chunk_bytes, "prefill: KvChunk payload budget");
+  parser.AddInt("test-corrupt-kv-chunks", &o.test_corrupt_kv_chunks,
+                "prefill, for tests: corrupt the first N KvChunks sent (default 0)");
+  parser.AddInt("test-decode-step-delay-ms", &o.test_decode_step_delay_ms,
+                "decode, for tests: sleep this long in every decode step (default 0)");
   parser.AddString("log-level", &o.log_level, "trace, debug, info (default), warn, error, off");
   *usage = parser.Usage();
   DUET_RETURN_IF_ERROR(parser.Parse(args));
@@ -171,6 +175,14 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   DUET_RETURN_IF_ERROR(CheckPositive("--prefill-chunk-tokens", o.prefill_chunk_tokens));
   DUET_RETURN_IF_ERROR(CheckPositive("--heartbeat-ms", o.heartbeat_interval_ms));
   DUET_RETURN_IF_ERROR(CheckPositive("--max-chunk-bytes", o.max_chunk_bytes));
+  if (o.test_decode_step_delay_ms < 0 || o.test_decode_step_delay_ms > 10000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--test-decode-step-delay-ms must be in [0, 10000], got ", o.test_decode_step_delay_ms));
+  }
+  if (o.test_corrupt_kv_chunks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--test-corrupt-kv-chunks must be >= 0, got ", o.test_corrupt_kv_chunks));
+  }
   if (o.layers_per_group < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--layers-per-group must be >= 0, got ", o.layers_per_group));

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/rpc/server.h"
+#include "duet/v1/internal.grpc.pb.h"
 #include "node/node_control.h"
 
 namespace duet::node {
@@ -67,6 +68,41 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+// duet.v1.NodeAdmin: the node's identity and its load right now.
+class NodeAdminService final : public v1::NodeAdmin::CallbackService {
+ public:
+  NodeAdminService(const NodeOptions& options, std::string node_id, const NodeHooks& hooks)
+      : node_id_(std::move(node_id)),
+        role_(options.role),
+        model_id_(options.model_id),
+        load_(hooks.load),
+        counters_(hooks.counters) {}
+
+  void SetDraining() { draining_.store(true); }
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const v1::GetStatusRequest* /*request*/,
+                                      v1::NodeStatus* response) override {
+    response->set_node_id(node_id_);
+    response->set_role(role_);
+    response->set_model_id(model_id_);
+    response->set_draining(draining_.load());
+    *response->mutable_load() = load_();
+    if (counters_) counters_(response->mutable_counters());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  const std::string node_id_;
+  const v1::NodeRole role_;
+  const std::string model_id_;
+  const std::function<v1::NodeLoad()> load_;
+  const std::function<void(google::protobuf::Map<std::string, int64_t>*)> counters_;
+  std::atomic<bool> draining_{false};
+};
+
 }  // namespace
 
 absl::Status InitLogging(const std::string& level) {
@@ -96,7 +132,8 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
   SignalWatcher signals;
   rpc::ServerOptions server_options;
   server_options.address = absl::StrCat(options.host, ":", options.port);
-  grpc::Service* const services[] = {hooks.service};
+  NodeAdminService admin(options, node_id, hooks);
+  grpc::Service* const services[] = {hooks.service, &admin};
   absl::StatusOr<std::unique_ptr<rpc::RpcServer>> server =
       rpc::RpcServer::Start(server_options, services);
   if (!server.ok()) {
@@ -146,6 +183,7 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
   signals.Await(1, absl::InfiniteDuration());
   spdlog::info("node {}: draining", node_id);
   (*server)->SetServing(false);
+  admin.SetDraining();
   hooks.start_drain();
   if (control != nullptr) {
     control->SetDraining();

@@ -48,6 +48,8 @@ struct NodeHooks {
   int32_t block_size = 0;
   v1::KvDtype kv_dtype = v1::KV_DTYPE_UNSPECIFIED;
   std::function<v1::NodeLoad()> load;
+  // Adds event counts to a NodeAdmin status (may be empty).
+  std::function<void(google::protobuf::Map<std::string, int64_t>*)> counters;
   std::function<void()> start_drain;                  // refuse new work
   std::function<bool(absl::Duration)> await_drained;  // true once no work is in flight
   std::function<void()> stop;                         // after the server shut down
@@ -68,6 +70,9 @@ NodeHooks HooksFor(std::shared_ptr<NodeT> node) {
   hooks.block_size = node->block_size();
   hooks.kv_dtype = node->kv_dtype();
   hooks.load = [node] { return node->Load(); };
+  hooks.counters = [node](google::protobuf::Map<std::string, int64_t>* counters) {
+    node->AddCounters(counters);
+  };
   hooks.start_drain = [node] { node->StartDrain(); };
   hooks.await_drained = [node](absl::Duration timeout) { return node->AwaitDrained(timeout); };
   hooks.stop = [node] { node->Stop(); };

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
         prefill_options.prefill_chunk_tokens = options.prefill_chunk_tokens;
         prefill_options.layers_per_group = options.layers_per_group;
         prefill_options.max_chunk_bytes = options.max_chunk_bytes;
+        prefill_options.test_corrupt_kv_chunks = options.test_corrupt_kv_chunks;
         absl::StatusOr<std::unique_ptr<duet::prefill::PrefillNode>> node =
             duet::prefill::PrefillNode::Create(prefill_options, model.engine.get(),
                                                model.tokenizer.get());

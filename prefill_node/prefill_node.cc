@@ -267,11 +267,26 @@ void PrefillNode::OnTransferDone(const RequestId& id, uint64_t serial, KvSender:
   if (result.status.ok() && job.response != nullptr) {
     job.response->set_transfer_ms(Ms(result.done - result.first_write));
     job.response->set_transfer_bytes(result.payload_bytes);
+    num_bytes_sent_ += result.payload_bytes;
+    num_tokens_sent_ += static_cast<int64_t>(job.prompt.size());
+    transfer_us_ += absl::ToInt64Microseconds(result.done - result.first_write);
+    tail_us_ += absl::ToInt64Microseconds(result.done - job.prefill_done_wall);
     spdlog::debug("prefill {}: request {} done: {} chunks, {} bytes to {}", options_.node_id,
                   id.ToString(), result.response.num_chunks_received(), result.payload_bytes,
                   job.request.decode_address());
   }
+  if (!result.status.ok()) ++num_transfers_failed_;
   FinishJob(job, result.status);
+}
+
+void PrefillNode::AddCounters(google::protobuf::Map<std::string, int64_t>* counters) const {
+  (*counters)["kv_chunks_sent"] = num_chunks_sent_.load();
+  (*counters)["kv_transfers_failed"] = num_transfers_failed_.load();
+  (*counters)["faults_injected"] = num_faults_injected_.load();
+  (*counters)["kv_bytes_sent"] = num_bytes_sent_.load();
+  (*counters)["kv_tokens_sent"] = num_tokens_sent_.load();
+  (*counters)["kv_transfer_us"] = transfer_us_.load();
+  (*counters)["kv_transfer_tail_us"] = tail_us_.load();
 }
 
 void PrefillNode::FinishJob(Job& job, const absl::Status& status) {
@@ -342,6 +357,7 @@ v1::NodeLoad PrefillNode::Load() const {
   load.set_waiting_sequences(static_cast<int32_t>(scheduler_.num_waiting()));
   load.set_free_kv_blocks(blocks_.num_free());
   load.set_total_kv_blocks(total_blocks_);
+  load.set_active_requests(static_cast<int32_t>(jobs_.size()));
   return load;
 }
 

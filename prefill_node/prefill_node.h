@@ -22,6 +22,7 @@
 #ifndef DUET_PREFILL_NODE_PREFILL_NODE_H_
 #define DUET_PREFILL_NODE_PREFILL_NODE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -61,6 +62,9 @@ struct PrefillNodeOptions {
   int64_t layers_per_group = 0;
   int64_t max_chunk_bytes = int64_t{4} << 20;
   absl::Duration retry_after = absl::Milliseconds(200);  // hint with UNAVAILABLE (draining)
+  // Test-only fault injection: the payloads of the first this many KvChunks the node sends are
+  // corrupted after their checksum was computed (decode nodes must reject them: DATA_LOSS).
+  int64_t test_corrupt_kv_chunks = 0;
   Clock* clock = nullptr;                                // null = Clock::Real()
 };
 
@@ -88,6 +92,8 @@ class PrefillNode final : public v1::PrefillService::CallbackService {
   void Stop();
 
   v1::NodeLoad Load() const;
+  // Event counts for NodeAdmin.GetStatus (v1::NodeStatus.counters). Thread-safe.
+  void AddCounters(google::protobuf::Map<std::string, int64_t>* counters) const;
   int64_t total_kv_blocks() const { return total_blocks_; }
   int32_t block_size() const { return static_cast<int32_t>(engine_->kv_layout().block_size); }
   v1::KvDtype kv_dtype() const;
@@ -136,6 +142,18 @@ class PrefillNode final : public v1::PrefillService::CallbackService {
   const int64_t total_blocks_;
   const int64_t layers_per_group_;
 
+  // Counters (MakeChunk runs on the worker without mu_).
+  mutable std::atomic<int64_t> num_chunks_sent_{0};
+  mutable std::atomic<int64_t> num_faults_injected_{0};
+  std::atomic<int64_t> num_transfers_failed_{0};
+  // Completed transfers: payload bytes, prompt tokens, time from the first chunk written to the
+  // decode node's ack, and from the last layer's KV being ready to that ack (what the transfer
+  // adds to time to first token).
+  std::atomic<int64_t> num_bytes_sent_{0};
+  std::atomic<int64_t> num_tokens_sent_{0};
+  std::atomic<int64_t> transfer_us_{0};
+  std::atomic<int64_t> tail_us_{0};
+
   mutable absl::Mutex mu_;
   kv::BlockPool blocks_ ABSL_GUARDED_BY(mu_);
   kv::BlockPool tail_slots_ ABSL_GUARDED_BY(mu_);
@@ -176,6 +194,7 @@ struct PrefillNode::Job {
   std::optional<kv::ChunkRect> held_last;  // the `last` rectangle, sent with the first token
   std::vector<uint8_t> held_payload;
   absl::Time arrival, first_chunk, prefill_done;
+  absl::Time prefill_done_wall;  // absl::Now(), comparable with KvSender::Result times
   bool started = false;
 };
 

@@ -54,6 +54,13 @@ v1::KvChunk PrefillNode::MakeChunk(const Job& job, const kv::ChunkRect& rect,
   c.set_last(header.last);
   c.set_first_token(header.first_token);
   c.set_checksum(kv::KvChunkChecksum(header, payload));
+  ++num_chunks_sent_;
+  if (!payload.empty() && num_faults_injected_.load() < options_.test_corrupt_kv_chunks) {
+    ++num_faults_injected_;
+    payload[payload.size() / 2] ^= 0x5a;
+    spdlog::warn("prefill {}: test fault: corrupted KvChunk {} of request {}", options_.node_id,
+                 header.seq_no, job.id.ToString());
+  }
   c.set_payload(reinterpret_cast<const char*>(payload.data()), payload.size());
   c.set_format_version(kv::kKvChunkChecksumVersion);
   c.set_kv_dtype(kv_dtype());
@@ -100,6 +107,7 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
   if (!chunk.completes_prompt) return absl::OkStatus();
 
   job.prefill_done = clock_->Now();
+  job.prefill_done_wall = absl::Now();
   if (!job.held_last.has_value()) {
     return absl::InternalError(absl::StrCat("request ", job.id.ToString(),
                                             ": the KV transfer planner never planned its last "

@@ -105,6 +105,10 @@ class GenerateCall final : public grpc::ServerWriteReactor<duet::v1::GenerateRes
   // INTERNAL for a stream that ended OK without a proper finish.
   absl::Status BadEnd(const NodeAssignment& node) const;
   void LeaveQueue();
+  // Sleeps `*backoff` (doubling it, up to 100 ms) before another try for capacity. False --
+  // without sleeping -- when that would pass `wait_until` or the call's deadline, or the client
+  // cancelled.
+  bool WaitForCapacity(absl::Time wait_until, absl::Duration* backoff);
   void SendHeaderOnce();
 
   // ---- Node calls ----

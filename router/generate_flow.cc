@@ -127,15 +127,38 @@ absl::Status GenerateCall::Execute() {
   PickOptions decode_pick;
   PickOptions prefill_pick;
   absl::Status failure;  // of the previous attempt
+  // While the cluster is full (no decode node has the blocks, or the picked one refused the
+  // reservation for lack of blocks or sequence slots), the request waits in the queue and
+  // tries again, up to max_queue_wait.
+  const absl::Time wait_until = absl::Now() + state_->options().max_queue_wait;
+  absl::Duration backoff = absl::Milliseconds(5);
   for (int attempt = 0;; ++attempt) {
     if (client_cancelled()) return absl::CancelledError("the client cancelled the call");
     decode_pick.colocated_only = !state_->registry().HasLivePrefill();
     absl::StatusOr<NodeAssignment> decode = state_->registry().PickDecode(num_prompt, decode_pick);
-    // On a retry, "no other node" says less than what failed.
-    if (!decode.ok()) return attempt == 0 ? decode.status() : failure;
+    if (!decode.ok()) {
+      const bool refused_full = failure.code() == absl::StatusCode::kResourceExhausted;
+      const bool full =
+          decode.status().code() == absl::StatusCode::kResourceExhausted || refused_full;
+      if (full && WaitForCapacity(wait_until, &backoff)) {
+        decode_pick.exclude.clear();
+        --attempt;
+        continue;
+      }
+      // On a retry, "no other node" says less than what failed.
+      return attempt == 0 && !refused_full ? decode.status() : failure;
+    }
     spdlog::debug("{}: attempt {} on {}", request_id_, attempt + 1, NodeName(*decode));
     Attempt result = decode->role == NodeRole::kColocated ? RunColocated(*decode)
                                                           : RunDisaggregated(*decode, prefill_pick);
+    if (result.status.code() == absl::StatusCode::kResourceExhausted &&
+        relay_->num_tokens() == 0 && !client_cancelled()) {
+      // The node was full: another node may have room now; otherwise wait (above).
+      if (result.exclude_decode) decode_pick.exclude.push_back(*result.exclude_decode);
+      failure = result.status;
+      --attempt;
+      continue;
+    }
     if (result.status.ok() || !result.retriable || attempt >= 1 || relay_->num_tokens() > 0 ||
         client_cancelled()) {
       return result.status;
@@ -149,6 +172,21 @@ absl::Status GenerateCall::Execute() {
       if (!state_->registry().HasLivePrefill(prefill_pick.exclude)) return result.status;
     }
   }
+}
+
+bool GenerateCall::WaitForCapacity(absl::Time wait_until, absl::Duration* backoff) {
+  const absl::Time now = absl::Now();
+  absl::Time until = std::min(wait_until, now + *backoff);
+  if (deadline_ != std::chrono::system_clock::time_point::max()) {
+    until = std::min(until, absl::FromChrono(deadline_));
+  }
+  if (until <= now || now + *backoff > wait_until) return false;
+  while (absl::Now() < until) {
+    if (client_cancelled()) return false;
+    absl::SleepFor(std::min(absl::Milliseconds(5), until - absl::Now()));
+  }
+  *backoff = std::min(*backoff * 2, absl::Milliseconds(100));
+  return !client_cancelled();
 }
 
 GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decode,

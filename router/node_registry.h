@@ -61,6 +61,7 @@ struct NodeLoadReport {
   int32_t waiting_sequences = 0;
   int64_t free_kv_blocks = 0;
   int64_t total_kv_blocks = 0;  // 0 = unchanged
+  int32_t active_requests = 0;
 };
 
 // A node chosen for one request, with the charge the registry booked against it.

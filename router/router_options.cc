@@ -23,6 +23,10 @@ absl::StatusOr<RouterOptions> RouterOptionsFromConfig(const duet::v1::ClusterCon
     return absl::InvalidArgumentError(absl::StrCat("router.max_queued_requests must be >= 1, got ",
                                                    router.max_queued_requests()));
   }
+  if (router.max_queue_wait_ms() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "router.max_queue_wait_ms must be >= 0 (0 = fail at once), got ", router.max_queue_wait_ms()));
+  }
   if (router.request_deadline_ms() < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "router.request_deadline_ms must be >= 0 (0 = none), got ", router.request_deadline_ms()));
@@ -36,6 +40,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromConfig(const duet::v1::ClusterCon
   options.heartbeat_interval = absl::Milliseconds(config.heartbeat_interval_ms());
   options.heartbeat_timeout = absl::Milliseconds(config.heartbeat_timeout_ms());
   options.max_queued_requests = router.max_queued_requests();
+  options.max_queue_wait = absl::Milliseconds(router.max_queue_wait_ms());
   options.default_deadline = absl::Milliseconds(router.request_deadline_ms());
   options.default_max_tokens = router.default_max_tokens();
   options.speculation_default_on = config.speculation_default_on();

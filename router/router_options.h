@@ -22,6 +22,9 @@ struct RouterOptions {
   // Requests admitted and still waiting for their first token; beyond it RESOURCE_EXHAUSTED.
   // >= 1.
   int32_t max_queued_requests = 256;
+  // How long an admitted request waits for KV capacity while the cluster is full before
+  // RESOURCE_EXHAUSTED; zero = fail at once.
+  absl::Duration max_queue_wait = absl::Seconds(30);
   // Deadline of a request whose client sets none; zero = none.
   absl::Duration default_deadline = absl::Seconds(600);
   // SamplingParams.max_tokens when unset. >= 1.

@@ -18,6 +18,18 @@
 namespace duet::router {
 namespace {
 
+duet::v1::NodeRole RoleToProto(NodeRole role) {
+  switch (role) {
+    case NodeRole::kPrefill:
+      return duet::v1::NODE_ROLE_PREFILL;
+    case NodeRole::kDecode:
+      return duet::v1::NODE_ROLE_DECODE;
+    case NodeRole::kColocated:
+      return duet::v1::NODE_ROLE_COLOCATED;
+  }
+  return duet::v1::NODE_ROLE_UNSPECIFIED;
+}
+
 absl::StatusOr<NodeRole> RoleFromProto(duet::v1::NodeRole role) {
   switch (role) {
     case duet::v1::NODE_ROLE_PREFILL:
@@ -82,6 +94,13 @@ class Router::NodeControlImpl final : public duet::v1::NodeControl::CallbackServ
                                       const duet::v1::HeartbeatRequest* request,
                                       duet::v1::HeartbeatResponse* response) override {
     router_->Heartbeat(*request, response);
+    return Answer(context, absl::OkStatus());
+  }
+
+  grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* context,
+                                      const duet::v1::ListNodesRequest* /*request*/,
+                                      duet::v1::ListNodesResponse* response) override {
+    router_->ListNodes(response);
     return Answer(context, absl::OkStatus());
   }
 
@@ -186,11 +205,37 @@ void Router::Heartbeat(const duet::v1::HeartbeatRequest& request,
   report.waiting_sequences = load.waiting_sequences();
   report.free_kv_blocks = load.free_kv_blocks();
   report.total_kv_blocks = load.total_kv_blocks();
+  report.active_requests = load.active_requests();
   const bool known =
       state_.registry().Heartbeat(NodeId(request.node_id()), report, request.draining());
   if (!known)
     spdlog::info("heartbeat from unknown node {}: asking it to register", request.node_id());
   response->set_known(known);
+}
+
+}  // namespace duet::router
+
+namespace duet::router {
+
+void Router::ListNodes(duet::v1::ListNodesResponse* response) const {
+  for (const NodeSnapshot& node : state_.registry().Snapshot()) {
+    duet::v1::NodeInfo* info = response->add_nodes();
+    info->set_node_id(node.spec.id.value());
+    info->set_role(RoleToProto(node.spec.role));
+    info->set_address(node.spec.address);
+    info->set_model_id(node.spec.model_id);
+    info->set_live(node.live);
+    info->set_draining(node.draining);
+    info->set_block_size(node.spec.block_size);
+    duet::v1::NodeLoad* load = info->mutable_load();
+    load->set_queued_prefill_tokens(node.reported.queued_prefill_tokens);
+    load->set_running_sequences(node.reported.running_sequences);
+    load->set_waiting_sequences(node.reported.waiting_sequences);
+    load->set_free_kv_blocks(node.reported.free_kv_blocks);
+    load->set_total_kv_blocks(node.reported.total_kv_blocks > 0 ? node.reported.total_kv_blocks
+                                                                : node.spec.total_kv_blocks);
+    load->set_active_requests(node.reported.active_requests);
+  }
 }
 
 }  // namespace duet::router

@@ -66,6 +66,7 @@ class Router {
   absl::Status Register(const duet::v1::RegisterRequest& request,
                         duet::v1::RegisterResponse* response);
   void Heartbeat(const duet::v1::HeartbeatRequest& request, duet::v1::HeartbeatResponse* response);
+  void ListNodes(duet::v1::ListNodesResponse* response) const;
 
  private:
   class DuetServiceImpl;

@@ -45,6 +45,7 @@ class RouterState {
   const RouterOptions& options() const { return options_; }
   const Clock& clock() const { return *clock_; }
   NodeRegistry& registry() { return registry_; }
+  const NodeRegistry& registry() const { return registry_; }
 
   // A channel to `address`, created on first use and shared afterwards. INVALID_ARGUMENT for a
   // malformed address.

@@ -3,6 +3,7 @@
 // wait on the fakes' observations (condition variables), never on sleeps.
 #include <grpcpp/client_context.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -425,6 +426,10 @@ TEST_F(RouterE2eTest, FailedPrefillWithoutAnotherNodeEndsWithItsError) {
 }
 
 TEST_F(RouterE2eTest, FullClusterIsResourceExhaustedWithRetryHint) {
+  StopRouter();
+  RouterOptions options = Options();
+  options.max_queue_wait = absl::ZeroDuration();  // fail at once instead of waiting
+  StartRouter(options);
   AddDecode("decode-0", duet::v1::NODE_ROLE_DECODE, /*blocks=*/4);
   AddPrefill("prefill-0");
   ASSERT_TRUE(Heartbeat("decode-0", /*free_blocks=*/0));
@@ -438,6 +443,23 @@ TEST_F(RouterE2eTest, FullClusterIsResourceExhaustedWithRetryHint) {
   GenerateRequest huge;
   for (int i = 0; i < 100; ++i) huge.mutable_token_ids()->add_ids(7);
   EXPECT_EQ(Generate(huge).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(RouterE2eTest, FullClusterQueuesTheRequestUntilCapacityFrees) {
+  AddDecode("decode-0", duet::v1::NODE_ROLE_DECODE, /*blocks=*/4);
+  AddPrefill("prefill-0");
+  ASSERT_TRUE(Heartbeat("decode-0", /*free_blocks=*/0));
+  std::atomic<bool> done{false};
+  GenerateResult result;
+  std::thread client([&] {
+    result = Generate(Prompt("hi"));
+    done = true;
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(done.load());  // waiting in the queue, not failed
+  ASSERT_TRUE(Heartbeat("decode-0", /*free_blocks=*/4));
+  client.join();
+  EXPECT_TRUE(result.status.ok()) << result.status.error_message();
 }
 
 TEST_F(RouterE2eTest, FullQueueIsResourceExhaustedWithRetryHint) {

@@ -23,6 +23,7 @@
 #include "duet/v1/duet.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/base/child_process.h"
 
 namespace duet::router {
 namespace {
@@ -39,57 +40,18 @@ std::string ReadFile(const fs::path& path) {
   return ss.str();
 }
 
-// A child process with stdout on a pipe and stderr in a file.
-class Child {
+// duet-router as a child process, stderr in a file.
+class Child : public duet::testing::Process {
  public:
-  Child(const std::vector<std::string>& args, const fs::path& stderr_path) {
-    // Everything the child needs is prepared before fork: only async-signal-safe calls after.
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(DUET_ROUTER_BINARY));
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    const int err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int fds[2];
-    if (err < 0 || pipe2(fds, O_CLOEXEC) != 0) std::abort();
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      dup2(err, STDERR_FILENO);
-      execv(DUET_ROUTER_BINARY, argv.data());
-      _exit(127);
-    }
-    close(err);
-    close(fds[1]);
-    out_ = fdopen(fds[0], "r");
-  }
-  ~Child() {
-    if (pid_ > 0 && !waited_) {
-      kill(pid_, SIGKILL);
-      Wait();
-    }
-    if (out_ != nullptr) std::fclose(out_);
-  }
-
-  // The next line of stdout without its newline ("" at EOF).
-  std::string ReadLine() {
-    std::string line;
-    int c;
-    while ((c = std::fgetc(out_)) != EOF && c != '\n') line.push_back(static_cast<char>(c));
-    return line;
-  }
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-  // The exit code (128 + signal when killed by one).
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    waited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
+  Child(const std::vector<std::string>& args, const fs::path& stderr_path)
+      : Process(WithBinary(args), stderr_path.string()) {}
 
  private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-  bool waited_ = false;
+  static std::vector<std::string> WithBinary(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {DUET_ROUTER_BINARY};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }
 };
 
 class RouterMainTest : public ::testing::Test {
