@@ -23,6 +23,22 @@ std::shared_ptr<const GgufFile> TestModel() {
   return file;
 }
 
+std::string TestModelFile() {
+  static const std::string path = [] {
+    std::string p = ::testing::TempDir() + "/" + kTestModelFileId + ".gguf";
+    SyntheticModelOptions options;
+    options.shape = testing::TinyShape();
+    options.shape.name = "tiny-4-layers";
+    options.shape.num_layers = 4;
+    options.weight_type = GgmlType::kQ8_0;
+    options.seed = 41;
+    const absl::Status written = WriteSyntheticModel(options, p);
+    EXPECT_TRUE(written.ok()) << written;
+    return p;
+  }();
+  return path;
+}
+
 const Tokenizer& TestTokenizer() {
   static const Tokenizer* tokenizer = [] {
     absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::FromGguf(*TestModel());

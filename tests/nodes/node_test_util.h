@@ -30,6 +30,11 @@ inline constexpr absl::Duration kWait = absl::Seconds(20);
 // layers, so prefill reports several layer groups; Q8_0 weights. Built once per process.
 std::shared_ptr<const GgufFile> TestModel();
 const Tokenizer& TestTokenizer();
+// TestModel() written to a GGUF file under the test's temp dir (once per process): the same
+// bytes, for node processes. Returns its path.
+std::string TestModelFile();
+// TestModel()'s id as nodes and the router derive it from that file name.
+inline constexpr char kTestModelFileId[] = "tiny-nodes";
 
 // An engine for `backend` ("cpu" or "vulkan") over TestModel().
 std::unique_ptr<Engine> NewEngine(const std::string& backend, kv::CacheDtype dtype,

@@ -20,6 +20,7 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/server.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/base/child_process.h"
 #include "tests/nodes/node_test_util.h"
 
 namespace duet::nodes_test {
@@ -27,64 +28,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-// A child process with its stdout on a pipe (stderr inherited).
-class Process {
- public:
-  explicit Process(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execv(args[0], args.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    out_ = fdopen(fds[0], "r");
-  }
-  ~Process() {
-    if (pid_ > 0 && !waited_) {
-      kill(pid_, SIGKILL);
-      Wait();
-    }
-    if (out_ != nullptr) fclose(out_);
-  }
-
-  // The next stdout line without its newline; "" at the end of the output.
-  std::string ReadLine() {
-    char* line = nullptr;
-    size_t size = 0;
-    const ssize_t n = getline(&line, &size, out_);
-    std::string s = n > 0 ? std::string(line, static_cast<size_t>(n)) : "";
-    free(line);
-    if (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
-  std::string ReadAll() {
-    std::string all, line;
-    while (!(line = ReadLine()).empty()) all += line + "\n";
-    return all;
-  }
-  void Signal(int signal) { kill(pid_, signal); }
-  // The exit code (128 + signal when killed).
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    waited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* out_ = nullptr;
-  bool waited_ = false;
-};
+using ::duet::testing::Process;
 
 class Router final : public v1::NodeControl::Service {
  public:
@@ -131,22 +75,9 @@ class Router final : public v1::NodeControl::Service {
   std::vector<std::string> draining_ ABSL_GUARDED_BY(mu_);
 };
 
-// TestModel() written to a file (the same seed gives the same bytes).
-std::string ModelFile() {
-  const std::string path = ::testing::TempDir() + "/tiny-nodes.gguf";
-  SyntheticModelOptions options;
-  options.shape = testing::TinyShape();
-  options.shape.name = "tiny-4-layers";
-  options.shape.num_layers = 4;
-  options.weight_type = GgmlType::kQ8_0;
-  options.seed = 41;
-  EXPECT_TRUE(WriteSyntheticModel(options, path).ok());
-  return path;
-}
-
 std::vector<std::string> NodeArgs(const std::string& binary, const std::string& node_id,
                                   const std::string& router) {
-  return {binary, "--model",        ModelFile(), "--backend",      "cpu",   "--kv-dtype",
+  return {binary, "--model",        TestModelFile(), "--backend",      "cpu",   "--kv-dtype",
           "f32",  "--port",         "0",         "--node-id",      node_id, "--router",
           router, "--kv-blocks",    "32",        "--max-num-seqs", "4",     "--log-level",
           "warn", "--heartbeat-ms", "20"};

@@ -93,6 +93,9 @@ std::string WeightTypeName(const GgufFile& file) {
 }  // namespace
 
 int RunBench(const Args& args) {
+  for (const std::string& a : args) {
+    if (a == "--cluster") return RunClusterBench(args);
+  }
   const std::string kCmd = "duet bench";
   std::string model_path;
   std::vector<int64_t> prompt_lens = {128, 512};

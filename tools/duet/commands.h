@@ -18,6 +18,10 @@ int RunBench(const Args& args);
 int RunMakeModel(const Args& args);
 int RunKvCalc(const Args& args);
 int RunQuantCalc(const Args& args);
+int RunCluster(const Args& args);
+int RunClient(const Args& args);
+// `duet bench --cluster` (cmd_bench_cluster.cc).
+int RunClusterBench(const Args& args);
 
 }  // namespace duet::cli
 

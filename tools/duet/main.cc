@@ -23,6 +23,8 @@ constexpr Subcommand kSubcommands[] = {
     {"make-model", duet::cli::RunMakeModel, "write a synthetic GGUF model with random weights"},
     {"kv-calc", duet::cli::RunKvCalc, "KV cache memory calculator"},
     {"quant-calc", duet::cli::RunQuantCalc, "weight memory across quantization types"},
+    {"cluster", duet::cli::RunCluster, "start a local cluster (router + nodes) as processes"},
+    {"client", duet::cli::RunClient, "stream a completion from a running cluster"},
 };
 
 void PrintUsage(FILE* out) {

@@ -1,0 +1,445 @@
+// The whole cluster as real processes on loopback (tools/cluster/launcher.h: duet-router,
+// duet-prefill-node, duet-decode-node on ephemeral ports), driven through the public Duet API
+// like a client would: concurrent mixed requests against the single-process engine, client
+// cancellation, a decode node killed with SIGKILL, a corrupted KV chunk, bad requests, an
+// expired lease, and the Vulkan backend.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/rpc/channel.h"
+#include "duet/v1/duet.grpc.pb.h"
+#include "duet/v1/internal.grpc.pb.h"
+#include "tests/engine/engine_test_util.h"
+#include "tests/nodes/node_test_util.h"
+#include "tools/cluster/generate_client.h"
+#include "tools/cluster/launcher.h"
+
+namespace duet::cluster_test {
+namespace {
+
+using ::duet::cluster::Cluster;
+using ::duet::cluster::ClusterSpec;
+using ::duet::cluster::GenerateOptions;
+using ::duet::cluster::GenerateResult;
+using ::duet::nodes_test::Prompt;
+using ::duet::nodes_test::SoloRun;
+using ::testing::HasSubstr;
+
+constexpr absl::Duration kRequestTimeout = absl::Seconds(120);
+
+// A cluster on the CPU backend with FP8 KV (the wire default), fast heartbeats.
+ClusterSpec CpuSpec(int num_prefill, int num_decode) {
+  ClusterSpec spec;
+  spec.model_path = nodes_test::TestModelFile();
+  spec.num_prefill = num_prefill;
+  spec.num_decode = num_decode;
+  spec.overrides = {"heartbeat_interval_ms=100", "heartbeat_timeout_ms=1500"};
+  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "96",
+                    "--max-num-seqs", "16"};
+  spec.log_level = "error";
+  spec.ready_timeout = absl::Seconds(60);
+  return spec;
+}
+
+std::unique_ptr<Cluster> MustStart(const ClusterSpec& spec) {
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(spec);
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  return cluster.ok() ? std::move(*cluster) : nullptr;
+}
+
+std::unique_ptr<v1::Duet::Stub> ClientStub(const Cluster& cluster) {
+  return v1::Duet::NewStub(*rpc::CreateChannel(cluster.router_address()));
+}
+
+v1::GenerateRequest TokenRequest(const std::vector<int32_t>& prompt,
+                                 const v1::SamplingParams& sampling) {
+  v1::GenerateRequest request;
+  for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);
+  *request.mutable_sampling() = sampling;
+  return request;
+}
+
+// NodeAdmin.GetStatus of one node process.
+v1::NodeStatus Status(const std::string& address) {
+  auto stub = v1::NodeAdmin::NewStub(*rpc::CreateChannel(address));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::NodeStatus status;
+  const grpc::Status s = stub->GetStatus(&context, v1::GetStatusRequest(), &status);
+  EXPECT_TRUE(s.ok()) << address << ": " << s.error_message();
+  return status;
+}
+
+// Waits until every node holds no request and its whole KV pool is free.
+bool AwaitAllIdle(const Cluster& cluster, absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    bool idle = true;
+    for (const cluster::ClusterProcess& p : cluster.processes()) {
+      if (p.role == "router") continue;
+      const v1::NodeStatus s = Status(p.address);
+      idle = idle && s.load().active_requests() == 0 &&
+             s.load().free_kv_blocks() == s.load().total_kv_blocks();
+    }
+    if (idle) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+int64_t Counter(const v1::NodeStatus& status, const std::string& name) {
+  auto it = status.counters().find(name);
+  return it == status.counters().end() ? -1 : it->second;
+}
+
+// Runs `requests` concurrently.
+std::vector<GenerateResult> RunConcurrently(v1::Duet::Stub& stub,
+                                            const std::vector<v1::GenerateRequest>& requests) {
+  std::vector<GenerateResult> results(requests.size());
+  std::vector<std::thread> threads;
+  GenerateOptions options;
+  options.timeout = kRequestTimeout;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = cluster::Generate(stub, requests[i], options); });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+// The sampling settings of request i: greedy, sampled with top-k, nucleus + min-p, and greedy
+// with repetition penalties, each with its own seed.
+v1::SamplingParams MixedSampling(int i) {
+  v1::SamplingParams s;
+  s.set_max_tokens(1 + (i * 13) % 48);
+  s.set_ignore_eos(true);
+  s.set_seed(1000 + static_cast<uint64_t>(i));
+  switch (i % 4) {
+    case 0:
+      s.set_temperature(0);
+      break;
+    case 1:
+      s.set_temperature(0.8);
+      s.set_top_k(20);
+      break;
+    case 2:
+      s.set_temperature(1.0);
+      s.set_top_p(0.9);
+      s.set_min_p(0.05);
+      break;
+    default:
+      s.set_temperature(0);
+      s.set_repetition_penalty(1.3);
+      s.set_presence_penalty(0.5);
+      s.set_frequency_penalty(0.25);
+      break;
+  }
+  return s;
+}
+
+TEST(ClusterTest, ConcurrentMixedRequestsMatchTheSingleProcessEngine) {
+  std::unique_ptr<Cluster> cluster = MustStart(CpuSpec(2, 2));
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  std::vector<v1::GenerateRequest> requests;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 32; ++i) {
+    prompts.push_back(Prompt(1 + (i * 37) % 150, 100 + static_cast<uint32_t>(i)));
+    requests.push_back(TokenRequest(prompts.back(), MixedSampling(i)));
+  }
+  const std::vector<GenerateResult> results = RunConcurrently(*stub, requests);
+  for (size_t i = 0; i < results.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i));
+    const GenerateResult& r = results[i];
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.finish_reason, v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(r.usage.prompt_tokens(), static_cast<int64_t>(prompts[i].size()));
+    EXPECT_EQ(r.usage.completion_tokens(), requests[i].sampling().max_tokens());
+    // Every request carries a seed, so sampled ones are reproducible too.
+    EXPECT_EQ(r.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompts[i], requests[i].sampling()));
+  }
+  // Both prefill and both decode nodes took part.
+  for (const cluster::ClusterProcess& p : cluster->processes()) {
+    if (p.role == "router") continue;
+    const v1::NodeStatus s = Status(p.address);
+    const int64_t chunks = Counter(s, p.role == "prefill" ? "kv_chunks_sent" : "kv_chunks_accepted");
+    EXPECT_GT(chunks, 0) << p.name;
+  }
+  EXPECT_TRUE(AwaitAllIdle(*cluster));
+}
+
+TEST(ClusterTest, CancellingMidStreamFreesKvOnBothNodes) {
+  ClusterSpec spec = CpuSpec(1, 1);
+  spec.decode_args = {"--test-decode-step-delay-ms", "10"};
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  const std::string decode_address = cluster->Find("decode-0")->address;
+  v1::SamplingParams sampling = nodes_test::Greedy(400);
+  int64_t active_while_streaming = -1, free_while_streaming = -1;
+  GenerateOptions options;
+  options.timeout = kRequestTimeout;
+  int tokens = 0;
+  options.on_message = [&](const v1::GenerateResponse& message) {
+    tokens += message.token_ids_size();
+    if (tokens < 3) return true;
+    const v1::NodeStatus s = Status(decode_address);
+    active_while_streaming = s.load().active_requests();
+    free_while_streaming = s.load().free_kv_blocks();
+    return false;  // cancel
+  };
+  const GenerateResult r =
+      cluster::Generate(*stub, TokenRequest(Prompt(100, 5), sampling), options);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled) << r.status;
+  EXPECT_LT(r.tokens.size(), 400u);
+  // The request held KV on the decode node while it streamed...
+  EXPECT_EQ(active_while_streaming, 1);
+  EXPECT_LT(free_while_streaming, 96);
+  // ...and nothing anywhere once the cancellation arrived.
+  EXPECT_TRUE(AwaitAllIdle(*cluster, absl::Seconds(10)));
+}
+
+TEST(ClusterTest, KilledDecodeNodeFailsItsStreamsAndOthersComplete) {
+  ClusterSpec spec = CpuSpec(2, 2);
+  spec.decode_args = {"--test-decode-step-delay-ms", "15"};
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+
+  // Six long streams, spread over both decode nodes.
+  constexpr int kStreams = 6;
+  absl::Mutex mu;
+  int started = 0;
+  std::vector<GenerateResult> streams(kStreams);
+  std::vector<absl::Time> ended(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      GenerateOptions options;
+      options.timeout = absl::Seconds(60);
+      bool counted = false;
+      options.on_message = [&](const v1::GenerateResponse& m) {
+        if (!counted && m.token_ids_size() > 0) {
+          counted = true;
+          absl::MutexLock lock(&mu);
+          ++started;
+        }
+        return true;
+      };
+      streams[i] = cluster::Generate(
+          *stub, TokenRequest(Prompt(20 + i, 50 + static_cast<uint32_t>(i)), nodes_test::Greedy(450)),
+          options);
+      ended[i] = absl::Now();
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](int* n) { return *n == kStreams; }, &started),
+                                    absl::Seconds(30)));
+  }
+  ASSERT_TRUE(cluster->Signal("decode-1", SIGKILL).ok());
+  const absl::Time killed = absl::Now();
+
+  // New requests right away (the router may not know yet that decode-1 is dead): all complete,
+  // retried on decode-0 when they were sent to the dead node.
+  std::vector<v1::GenerateRequest> fresh;
+  std::vector<std::vector<int32_t>> fresh_prompts;
+  for (int i = 0; i < 6; ++i) {
+    fresh_prompts.push_back(Prompt(10 + 7 * i, 200 + static_cast<uint32_t>(i)));
+    fresh.push_back(TokenRequest(fresh_prompts.back(), nodes_test::Greedy(6)));
+  }
+  const std::vector<GenerateResult> fresh_results = RunConcurrently(*stub, fresh);
+  for (size_t i = 0; i < fresh_results.size(); ++i) {
+    ASSERT_TRUE(fresh_results[i].status.ok()) << i << ": " << fresh_results[i].status;
+    EXPECT_EQ(fresh_results[i].tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, fresh_prompts[i],
+                                               nodes_test::Greedy(6)));
+  }
+  for (std::thread& t : threads) t.join();
+
+  // Streams on decode-1 ended with UNAVAILABLE soon after the kill; the others completed.
+  int unavailable = 0, completed = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    SCOPED_TRACE(absl::StrCat("stream ", i));
+    if (streams[i].status.ok()) {
+      ++completed;
+      EXPECT_EQ(streams[i].tokens.size(), 450u);
+      continue;
+    }
+    ++unavailable;
+    EXPECT_EQ(streams[i].status.code(), absl::StatusCode::kUnavailable) << streams[i].status;
+    EXPECT_LT(ended[i] - killed, absl::Seconds(10));
+    EXPECT_FALSE(streams[i].tokens.empty());
+  }
+  EXPECT_GE(unavailable, 1);
+  EXPECT_GE(completed, 1);
+
+  // The router forgets the dead node.
+  auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster->router_address()));
+  bool forgotten = false;
+  for (int attempt = 0; attempt < 100 && !forgotten; ++attempt) {
+    grpc::ClientContext context;
+    v1::ListNodesResponse nodes;
+    ASSERT_TRUE(control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok());
+    forgotten = true;
+    for (const v1::NodeInfo& n : nodes.nodes()) {
+      if (n.node_id() == "decode-1" && n.live()) forgotten = false;
+    }
+    if (!forgotten) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(forgotten);
+  const std::optional<cluster::ProcessExit> exit =
+      cluster->AwaitExit("decode-1", absl::Seconds(5));
+  ASSERT_TRUE(exit.has_value());
+  EXPECT_EQ(exit->term_signal, SIGKILL);
+}
+
+TEST(ClusterTest, CorruptedKvChunkIsDetectedAndNeverDecoded) {
+  ClusterSpec spec = CpuSpec(1, 1);
+  spec.prefill_args = {"--test-corrupt-kv-chunks", "1"};
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  const std::vector<int32_t> prompt = Prompt(40, 9);
+  const v1::SamplingParams sampling = nodes_test::Greedy(8);
+  GenerateOptions options;
+  options.timeout = kRequestTimeout;
+
+  // The first transfer carries the corrupted chunk: the decode node rejects it, the request
+  // fails (no other prefill node to retry on) without a single token.
+  const GenerateResult bad = cluster::Generate(*stub, TokenRequest(prompt, sampling), options);
+  EXPECT_FALSE(bad.status.ok());
+  EXPECT_TRUE(bad.tokens.empty());
+  EXPECT_THAT(std::string(bad.status.message()), HasSubstr("checksum"));
+  const v1::NodeStatus decode = Status(cluster->Find("decode-0")->address);
+  EXPECT_EQ(Counter(decode, "kv_checksum_errors"), 1);
+  EXPECT_EQ(Counter(decode, "kv_transfers_failed"), 1);
+  EXPECT_EQ(Counter(Status(cluster->Find("prefill-0")->address), "faults_injected"), 1);
+  EXPECT_TRUE(AwaitAllIdle(*cluster));
+
+  // The cluster keeps serving, with the right tokens.
+  const GenerateResult good = cluster::Generate(*stub, TokenRequest(prompt, sampling), options);
+  ASSERT_TRUE(good.status.ok()) << good.status;
+  EXPECT_EQ(good.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompt, sampling));
+}
+
+TEST(ClusterTest, BadRequestsGetPreciseErrorsAndTheClusterKeepsServing) {
+  std::unique_ptr<Cluster> cluster = MustStart(CpuSpec(1, 1));
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  struct Case {
+    const char* name;
+    v1::GenerateRequest request;
+    absl::StatusCode code;
+    const char* message;
+  };
+  std::vector<Case> cases;
+  auto text = [](const std::string& t) {
+    v1::GenerateRequest r;
+    r.set_text(t);
+    r.mutable_sampling()->set_max_tokens(4);
+    return r;
+  };
+  {
+    v1::GenerateRequest r = TokenRequest(Prompt(600, 1), nodes_test::Greedy(4));
+    cases.push_back({"prompt longer than the context", r, absl::StatusCode::kInvalidArgument,
+                     "context"});
+  }
+  {
+    v1::GenerateRequest r = text("hello");
+    r.mutable_sampling()->set_max_tokens(0);
+    cases.push_back({"zero max tokens", r, absl::StatusCode::kInvalidArgument, "max_tokens"});
+    r.mutable_sampling()->set_max_tokens(-3);
+    cases.push_back({"negative max tokens", r, absl::StatusCode::kInvalidArgument, "max_tokens"});
+  }
+  {
+    v1::GenerateRequest r = text("hello");
+    r.mutable_sampling()->set_temperature(-1);
+    cases.push_back({"negative temperature", r, absl::StatusCode::kInvalidArgument, "temperature"});
+    r = text("hello");
+    r.mutable_sampling()->set_top_p(1.5);
+    cases.push_back({"top_p above 1", r, absl::StatusCode::kInvalidArgument, "top_p"});
+  }
+  {
+    v1::GenerateRequest r = text("hello");
+    r.set_model("no-such-model");
+    cases.push_back({"unknown model", r, absl::StatusCode::kNotFound, "no-such-model"});
+  }
+  {
+    v1::GenerateRequest r = text("");
+    r.set_add_bos(false);
+    cases.push_back({"empty prompt without BOS", r, absl::StatusCode::kInvalidArgument, "empty"});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const GenerateResult r = cluster::Generate(*stub, c.request);
+    EXPECT_EQ(r.status.code(), c.code) << r.status;
+    EXPECT_THAT(std::string(r.status.message()), HasSubstr(c.message));
+  }
+  const GenerateResult ok = cluster::Generate(*stub, text("Once upon a time"));
+  EXPECT_TRUE(ok.status.ok()) << ok.status;
+  EXPECT_EQ(ok.tokens.size(), 4u);
+  EXPECT_TRUE(AwaitAllIdle(*cluster));
+}
+
+TEST(ClusterTest, ReservationWithoutPrefillIsFreedWhenItsLeaseExpires) {
+  std::unique_ptr<Cluster> cluster = MustStart(CpuSpec(1, 1));
+  ASSERT_NE(cluster, nullptr);
+  const std::string decode_address = cluster->Find("decode-0")->address;
+  auto decode = v1::DecodeService::NewStub(*rpc::CreateChannel(decode_address));
+  v1::ReserveRequest reserve =
+      nodes_test::ReserveFor("lease-1", Prompt(64, 3), nodes_test::Greedy(4), /*lease_ms=*/300);
+  reserve.set_model_id(nodes_test::kTestModelFileId);
+  v1::ReserveResponse reservation;
+  const grpc::Status reserved = nodes_test::CallReserve(*decode, reserve, &reservation);
+  ASSERT_TRUE(reserved.ok()) << reserved.error_message();
+  const v1::NodeStatus held = Status(decode_address);
+  EXPECT_EQ(held.load().active_requests(), 1);
+  EXPECT_EQ(held.load().free_kv_blocks(), 96 - reservation.num_blocks());
+  // The blocks return to the pool once the lease ends (the failed request's outcome stays for a
+  // StreamTokens that never comes, without KV, until unclaimed_retention).
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  v1::NodeStatus after = Status(decode_address);
+  while (Counter(after, "leases_expired") != 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    after = Status(decode_address);
+  }
+  EXPECT_EQ(Counter(after, "leases_expired"), 1);
+  EXPECT_EQ(after.load().free_kv_blocks(), 96);
+}
+
+TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {
+  if (!testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  ClusterSpec spec = CpuSpec(1, 1);
+  spec.node_args = {"--backend", "vulkan", "--kv-dtype", "fp8", "--kv-blocks", "64",
+                    "--max-num-seqs", "8"};
+  spec.ready_timeout = absl::Seconds(300);
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  std::vector<v1::GenerateRequest> requests;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back(Prompt(5 + 31 * i, 300 + static_cast<uint32_t>(i)));
+    requests.push_back(TokenRequest(prompts.back(), nodes_test::Greedy(6 + i)));
+  }
+  const std::vector<GenerateResult> results = RunConcurrently(*stub, requests);
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status;
+    EXPECT_EQ(results[i].tokens,
+              SoloRun("vulkan", kv::CacheDtype::kFp8E4M3, prompts[i], requests[i].sampling()))
+        << i;
+  }
+}
+
+}  // namespace
+}  // namespace duet::cluster_test
