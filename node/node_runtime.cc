@@ -241,6 +241,16 @@ int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::N
     std::fprintf(stderr, "%s: %s\n", program.c_str(), model.status().ToString().c_str());
     return 1;
   }
+  // Builds the kernels' pipelines before the node serves, so the first request does not pay
+  // for them (seconds on lavapipe, enough to outlive a KV reservation's lease).
+  const absl::Time warm_start = absl::Now();
+  if (absl::Status warm = WarmUp(*model->engine); !warm.ok()) {
+    std::fprintf(stderr, "%s: engine warm-up failed: %s\n", program.c_str(),
+                 warm.ToString().c_str());
+    return 1;
+  }
+  spdlog::info("engine {} warmed up in {:.2f} s", model->engine->backend_name(),
+               absl::ToDoubleSeconds(absl::Now() - warm_start));
   const std::string node_id =
       options->node_id.empty() ? DefaultNodeId(options->role) : options->node_id;
   absl::StatusOr<NodeHooks> hooks = create(*options, node_id, *model);

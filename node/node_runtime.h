@@ -85,7 +85,8 @@ using CreateNodeFn = std::function<absl::StatusOr<NodeHooks>(
 
 // The whole main() of a node executable: blocks termination signals, parses the flags (`role`
 // is the default role, `roles` the ones --role may pick; --help prints the usage), sets up
-// logging, loads the model and engine, picks the node id, calls `create`, then ServeNode.
+// logging, loads the model and engine, warms the engine up (duet::WarmUp: pipelines are built
+// before the node serves), picks the node id, calls `create`, then ServeNode.
 // Exit codes: ServeNode's, 2 for bad flags, 1 when the model or the node cannot start; every
 // error is one line on stderr naming `program`.
 int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::NodeRole> roles,

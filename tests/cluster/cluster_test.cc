@@ -421,7 +421,7 @@ TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {
   if (!testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
   ClusterSpec spec = CpuSpec(1, 1);
   spec.node_args = {"--backend", "vulkan", "--kv-dtype", "fp8", "--kv-blocks", "64",
-                    "--max-num-seqs", "8"};
+                    "--max-num-seqs", "4"};
   spec.ready_timeout = absl::Seconds(300);
   std::unique_ptr<Cluster> cluster = MustStart(spec);
   ASSERT_NE(cluster, nullptr);

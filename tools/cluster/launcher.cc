@@ -131,6 +131,10 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
       FindExecutable("duet-decode-node", "decode_node", spec.bin_dir);
   if (!decode_bin.ok()) return decode_bin.status();
 
+  // A stopping router waits for its clients' connections to close, and an idle gRPC client
+  // notices the server's GOAWAY only at its backup poll (default every 5 s): poll faster in
+  // the nodes (children inherit the environment), so a cluster stops in well under a second.
+  setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
   std::unique_ptr<Cluster> cluster(new Cluster());
   std::vector<std::string> common = {"--model", spec.model_path, "--log-level", spec.log_level};
   if (!spec.config_path.empty()) {
