@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/status.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/status_convert.h"
 #include "node/node_options.h"
@@ -161,11 +162,18 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
           "prompt_token_ids[", i, "] = ", t, " is outside the vocab [0, ", vocab_size_, ")"));
     }
   }
-  absl::StatusOr<node::RequestSampling> sampling = CheckSampling(request.sampling(), n);
+  const int64_t resumed = request.num_resumed_tokens();
+  if (resumed < 0 || resumed >= n || (resumed > 0 && ids != n)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ReserveRequest.num_resumed_tokens must be in [0, num_prompt_tokens = ", n,
+        ") and needs prompt_token_ids; got ", resumed, " with ", ids, " ids"));
+  }
+  // The original prompt plus the completion still to come must fit the context.
+  absl::StatusOr<node::RequestSampling> sampling = CheckSampling(request.sampling(), n - resumed);
   if (!sampling.ok()) return sampling.status();
   const kv::KvLayout& layout = engine_->kv_layout();
   const int64_t needed = kv::NumBlocksFor(layout, n);
-  const int64_t worst = kv::NumBlocksFor(layout, n + sampling->max_tokens - 1);
+  const int64_t worst = kv::NumBlocksFor(layout, n - resumed + sampling->max_tokens - 1);
   if (worst > total_blocks_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "request ", request.request_id(), " needs up to ", worst, " KV blocks of ",
@@ -180,6 +188,10 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   r->id = RequestId(request.request_id());
   r->num_prompt_tokens = n;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
+  if (resumed > 0) {
+    DUET_RETURN_IF_ERROR(r->completion.Resume(
+        absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed))));
+  }
 
   absl::MutexLock lock(&mu_);
   if (absl::Status s = AcceptingWork(); !s.ok()) return s;
@@ -351,7 +363,12 @@ grpc::ServerWriteReactor<v1::TokenEvent>* DecodeNode::Run(grpc::CallbackServerCo
           "token_ids[", i, "] = ", t, " is outside the vocab [0, ", vocab_size_, ")")));
     }
   }
-  absl::StatusOr<node::RequestSampling> sampling = CheckSampling(request->sampling(), n);
+  const int64_t resumed = request->num_resumed_tokens();
+  if (resumed < 0 || resumed >= n) {
+    return node::TokenStreamReactor::Failed(absl::InvalidArgumentError(absl::StrCat(
+        "RunRequest.num_resumed_tokens must be in [0, ", n, "), got ", resumed)));
+  }
+  absl::StatusOr<node::RequestSampling> sampling = CheckSampling(request->sampling(), n - resumed);
   if (!sampling.ok()) return node::TokenStreamReactor::Failed(sampling.status());
 
   auto r = std::make_shared<Request>(
@@ -362,6 +379,13 @@ grpc::ServerWriteReactor<v1::TokenEvent>* DecodeNode::Run(grpc::CallbackServerCo
   r->phase = Phase::kRunning;
   r->stream_opened = true;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
+  if (resumed > 0) {
+    if (absl::Status s = r->completion.Resume(
+            absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed)));
+        !s.ok()) {
+      return node::TokenStreamReactor::Failed(s);
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     absl::Status s = AcceptingWork();

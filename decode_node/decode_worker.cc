@@ -130,10 +130,10 @@ bool DecodeNode::RunStep() {
     for (const sched::Preempted& p : plan.preempted) {
       std::shared_ptr<Request> r = Find(p.id);
       if (r == nullptr) continue;
+      // The router resumes it elsewhere (or here): prefill of prompt + output, decode on.
       spdlog::warn("decode {}: request {} preempted after {} tokens: the KV pool is exhausted",
                    options_.node_id, p.id.ToString(), p.num_output_tokens);
-      r->sink->Fail(rpc::WithRetryAfter(
-          absl::UnavailableError("preempted: KV pool exhausted; retry"), options_.retry_after));
+      r->sink->Preempt();
       MarkDone(*r);
     }
     for (const sched::DecodeEntry& d : plan.decodes) decoding.push_back(Find(d.id));

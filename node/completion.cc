@@ -115,4 +115,19 @@ StopKind Completion::Append(int32_t token) {
   return stop_;
 }
 
+absl::Status Completion::Resume(absl::Span<const int32_t> tokens) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("resumed token ", i, " (", tokens[i],
+                                                     ") is outside the vocab of ", vocab_size_));
+    }
+    if (Append(tokens[i]) != StopKind::kNone) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", tokens.size(), " resumed tokens already end the completion (at token ", i,
+          ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace duet::node

@@ -68,6 +68,11 @@ class Completion {
   // (over the detokenized text), max_tokens. Once it returned a stop, the completion is over.
   StopKind Append(int32_t token);
 
+  // Restores a completion resumed after a preemption: appends `tokens`, the completion tokens
+  // it had produced. INVALID_ARGUMENT when they already end it (a stop condition before or at
+  // the last one) or an id is outside the vocab.
+  absl::Status Resume(absl::Span<const int32_t> tokens);
+
   const std::vector<int32_t>& generated() const { return generated_; }
   const RequestSampling& sampling() const { return sampling_; }
   int32_t num_logprobs() const { return sampling_.params.top_logprobs; }

@@ -47,6 +47,20 @@ void TokenSink::Finish(v1::FinishReason reason) {
   Run(action, reactor);
 }
 
+void TokenSink::Preempt() {
+  Action action;
+  TokenStreamReactor* reactor = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closing_) return;
+    final_reason_ = v1::FINISH_REASON_UNSPECIFIED;
+    preempted_ = true;
+    Close(grpc::Status::OK, /*final_event=*/true);
+    action = Next(&reactor);
+  }
+  Run(action, reactor);
+}
+
 void TokenSink::Fail(const absl::Status& status) {
   Action action;
   TokenStreamReactor* reactor = nullptr;
@@ -149,10 +163,12 @@ TokenSink::Action TokenSink::Next(TokenStreamReactor** reactor) {
   *reactor = reactor_;
   if (final_event_pending_) {
     pending_.set_finish_reason(final_reason_);
+    pending_.set_preempted(preempted_);
     AddUsage(&pending_);
     final_event_pending_ = false;
   }
-  if (pending_.token_ids_size() > 0 || pending_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+  if (pending_.token_ids_size() > 0 || pending_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED ||
+      pending_.preempted()) {
     writing_ = std::move(pending_);
     pending_.Clear();
     write_in_flight_ = true;

@@ -46,6 +46,9 @@ class TokenSink {
   void Finish(v1::FinishReason reason);
   // Ends the stream with an error. REQUIRES: !status.ok(). Only the first Finish/Fail counts.
   void Fail(const absl::Status& status);
+  // Ends the stream for a preempted request: a last event with `preempted` (and usage), then
+  // status OK. Counts as Finish/Fail.
+  void Preempt();
 
   // Finish or Fail was called (or the client cancelled).
   bool finishing() const;
@@ -82,6 +85,7 @@ class TokenSink {
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool final_event_pending_ ABSL_GUARDED_BY(mu_) = false;  // merged into pending_ when written
   v1::FinishReason final_reason_ ABSL_GUARDED_BY(mu_) = v1::FINISH_REASON_UNSPECIFIED;
+  bool preempted_ ABSL_GUARDED_BY(mu_) = false;  // Preempt() ended the stream
   grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
   bool finish_sent_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -60,6 +60,26 @@ absl::Status KvSender::Describe(const grpc::Status& status) const {
   return transport ? absl::UnavailableError(message) : absl::AbortedError(message);
 }
 
+v1::KvChunk MakeKvChunk(const kv::KvChunkHeader& header, std::vector<uint8_t> payload,
+                        v1::KvDtype kv_dtype) {
+  v1::KvChunk c;
+  c.set_request_id(header.request_id);
+  c.set_reservation_id(header.reservation_id);
+  c.set_seq_no(header.seq_no);
+  c.set_layer_begin(header.layer_begin);
+  c.set_layer_end(header.layer_end);
+  c.set_block_begin(header.block_begin);
+  c.set_block_end(header.block_end);
+  c.set_num_tokens(header.num_tokens);
+  c.set_last(header.last);
+  c.set_first_token(header.first_token);
+  c.set_checksum(kv::KvChunkChecksum(header, payload));
+  c.set_payload(reinterpret_cast<const char*>(payload.data()), payload.size());
+  c.set_format_version(kv::kKvChunkChecksumVersion);
+  c.set_kv_dtype(kv_dtype);
+  return c;
+}
+
 void KvSender::Loop() {
   Result result;
   result.first_write = absl::InfinitePast();

@@ -29,14 +29,21 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/kv/kv_transfer.h"
 #include "duet/v1/internal.grpc.pb.h"
 
 namespace duet::prefill {
+
+// A KvChunk carrying `payload` under `header` (common/kv/kv_transfer.h), with its checksum,
+// format version and element type set.
+v1::KvChunk MakeKvChunk(const kv::KvChunkHeader& header, std::vector<uint8_t> payload,
+                        v1::KvDtype kv_dtype);
 
 class KvSender {
  public:

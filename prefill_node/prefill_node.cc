@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/status.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/status_convert.h"
@@ -129,6 +130,11 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
           absl::StrCat("token_ids[", i, "] = ", t, " is outside the vocab [0, ", vocab_size_, ")"));
     }
   }
+  const int64_t resumed = request.num_resumed_tokens();
+  if (resumed < 0 || resumed >= n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PrefillRequest.num_resumed_tokens must be in [0, ", n, "), got ", resumed));
+  }
   const int64_t context = engine_->config().context_length;
   if (n >= context) {
     return absl::InvalidArgumentError(absl::StrCat("the prompt has ", n,
@@ -176,6 +182,10 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
       tokenizer_, *std::move(sampling),
       std::vector<int32_t>(request.token_ids().begin(), request.token_ids().end()), vocab_size_,
       *std::move(planner));
+  if (resumed > 0) {
+    DUET_RETURN_IF_ERROR(job->completion.Resume(
+        absl::MakeConstSpan(job->prompt).subspan(static_cast<size_t>(n - resumed))));
+  }
   job->id = RequestId(request.request_id());
   job->request = request;
   job->request.clear_token_ids();

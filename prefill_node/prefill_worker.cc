@@ -42,29 +42,17 @@ v1::KvChunk PrefillNode::MakeChunk(const Job& job, const kv::ChunkRect& rect,
   const int64_t num_tokens = static_cast<int64_t>(job.prompt.size());
   const kv::KvChunkHeader header = kv::MakeChunkHeader(job.id.value(), job.request.reservation_id(),
                                                        num_tokens, rect, first_token);
-  v1::KvChunk c;
-  c.set_request_id(header.request_id);
-  c.set_reservation_id(header.reservation_id);
-  c.set_seq_no(header.seq_no);
-  c.set_layer_begin(header.layer_begin);
-  c.set_layer_end(header.layer_end);
-  c.set_block_begin(header.block_begin);
-  c.set_block_end(header.block_end);
-  c.set_num_tokens(header.num_tokens);
-  c.set_last(header.last);
-  c.set_first_token(header.first_token);
-  c.set_checksum(kv::KvChunkChecksum(header, payload));
   ++num_chunks_sent_;
   if (!payload.empty() && num_faults_injected_.load() < options_.test_corrupt_kv_chunks) {
+    // Corrupt after the checksum is computed: what a bad link or buggy peer would deliver.
+    v1::KvChunk c = MakeKvChunk(header, payload, kv_dtype());
     ++num_faults_injected_;
-    payload[payload.size() / 2] ^= 0x5a;
+    (*c.mutable_payload())[c.payload().size() / 2] ^= 0x5a;
     spdlog::warn("prefill {}: test fault: corrupted KvChunk {} of request {}", options_.node_id,
                  header.seq_no, job.id.ToString());
+    return c;
   }
-  c.set_payload(reinterpret_cast<const char*>(payload.data()), payload.size());
-  c.set_format_version(kv::kKvChunkChecksumVersion);
-  c.set_kv_dtype(kv_dtype());
-  return c;
+  return MakeKvChunk(header, std::move(payload), kv_dtype());
 }
 
 absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {

@@ -70,6 +70,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<duet::v1::GenerateRes
   struct Attempt {
     absl::Status status;     // OK: finished (final_ holds the last delta)
     bool retriable = false;  // nothing reached the client; other nodes may succeed
+    bool preempted = false;  // the decode node preempted the request: resume it
     std::optional<NodeId> exclude_decode;
     std::optional<NodeId> exclude_prefill;
   };
@@ -105,6 +106,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<duet::v1::GenerateRes
   // INTERNAL for a stream that ended OK without a proper finish.
   absl::Status BadEnd(const NodeAssignment& node) const;
   void LeaveQueue();
+  // The prompt plus the completion tokens the attempt resumes from (num_resumed_).
+  std::vector<int32_t> AttemptTokens() const;
   // Sleeps `*backoff` (doubling it, up to 100 ms) before another try for capacity. False --
   // without sleeping -- when that would pass `wait_until` or the call's deadline, or the client
   // cancelled.
@@ -144,6 +147,13 @@ class GenerateCall final : public grpc::ServerWriteReactor<duet::v1::GenerateRes
   duet::v1::GenerateResponse final_;       // the last delta (with finish_reason) once finished
   int64_t cached_prompt_tokens_ = 0;       // Usage.cached_prompt_tokens of the result
   int64_t node_cached_prompt_tokens_ = 0;  // from the node's final TokenEvent.usage
+  // Every completion token relayed to the client so far, over all attempts.
+  std::vector<int32_t> generated_;
+  // Completion tokens the current attempt resumes from (after a decode node preempted the
+  // request): the attempt's sequence is the prompt plus generated_[0, num_resumed_).
+  int64_t num_resumed_ = 0;
+  // The current attempt's decode node preempted the request (its last TokenEvent).
+  bool preempted_ = false;
 
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

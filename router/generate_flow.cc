@@ -122,8 +122,6 @@ absl::Status GenerateCall::Execute() {
   DUET_RETURN_IF_ERROR(state_->TryAdmit());
   queued_ = true;
   relay_.emplace(*model.tokenizer, model.config.vocab_size, resolved_->sampling);
-  const int64_t num_prompt = static_cast<int64_t>(resolved_->prompt.size());
-
   PickOptions decode_pick;
   PickOptions prefill_pick;
   absl::Status failure;  // of the previous attempt
@@ -132,8 +130,12 @@ absl::Status GenerateCall::Execute() {
   // tries again, up to max_queue_wait.
   const absl::Time wait_until = absl::Now() + state_->options().max_queue_wait;
   absl::Duration backoff = absl::Milliseconds(5);
+  // Each preemption costs a re-prefill; a request preempted this often is not making progress.
+  constexpr int kMaxResumes = 16;
+  int resumes = 0;
   for (int attempt = 0;; ++attempt) {
     if (client_cancelled()) return absl::CancelledError("the client cancelled the call");
+    const int64_t num_prompt = static_cast<int64_t>(resolved_->prompt.size()) + num_resumed_;
     decode_pick.colocated_only = !state_->registry().HasLivePrefill();
     absl::StatusOr<NodeAssignment> decode = state_->registry().PickDecode(num_prompt, decode_pick);
     if (!decode.ok()) {
@@ -149,17 +151,34 @@ absl::Status GenerateCall::Execute() {
       return attempt == 0 && !refused_full ? decode.status() : failure;
     }
     spdlog::debug("{}: attempt {} on {}", request_id_, attempt + 1, NodeName(*decode));
+    preempted_ = false;
     Attempt result = decode->role == NodeRole::kColocated ? RunColocated(*decode)
                                                           : RunDisaggregated(*decode, prefill_pick);
-    if (result.status.code() == absl::StatusCode::kResourceExhausted &&
-        relay_->num_tokens() == 0 && !client_cancelled()) {
+    if (result.preempted && !client_cancelled()) {
+      if (++resumes > kMaxResumes) {
+        return absl::UnavailableError(absl::StrCat("the request was preempted ", kMaxResumes,
+                                                   " times (the decode nodes' KV pools are too "
+                                                   "small for the load); giving up"));
+      }
+      // Resume: prefill the prompt plus everything streamed so far, then decode on.
+      spdlog::info("{}: preempted on {} after {} tokens; resuming", request_id_, NodeName(*decode),
+                   generated_.size());
+      num_resumed_ = static_cast<int64_t>(generated_.size());
+      decode_pick.exclude.clear();
+      --attempt;
+      continue;
+    }
+    // Tokens streamed by this attempt (a resumed one starts with num_resumed_ of them).
+    const bool streamed = static_cast<int64_t>(generated_.size()) > num_resumed_;
+    if (result.status.code() == absl::StatusCode::kResourceExhausted && !streamed &&
+        !client_cancelled()) {
       // The node was full: another node may have room now; otherwise wait (above).
       if (result.exclude_decode) decode_pick.exclude.push_back(*result.exclude_decode);
       failure = result.status;
       --attempt;
       continue;
     }
-    if (result.status.ok() || !result.retriable || attempt >= 1 || relay_->num_tokens() > 0 ||
+    if (result.status.ok() || !result.retriable || attempt >= 1 || streamed ||
         client_cancelled()) {
       return result.status;
     }
@@ -189,11 +208,18 @@ bool GenerateCall::WaitForCapacity(absl::Time wait_until, absl::Duration* backof
   return !client_cancelled();
 }
 
+std::vector<int32_t> GenerateCall::AttemptTokens() const {
+  std::vector<int32_t> tokens = resolved_->prompt;
+  tokens.insert(tokens.end(), generated_.begin(), generated_.begin() + num_resumed_);
+  return tokens;
+}
+
 GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decode,
                                                      const PickOptions& prefill_pick) {
   Attempt result;
   const ServedModel& model = state_->model();
-  const int64_t num_prompt = static_cast<int64_t>(resolved_->prompt.size());
+  const std::vector<int32_t> tokens = AttemptTokens();
+  const int64_t num_prompt = static_cast<int64_t>(tokens.size());
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = state_->Channel(decode.address);
   if (!channel.ok()) {
     state_->registry().CancelAssignment(decode);
@@ -211,7 +237,8 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
   reserve.set_num_prompt_tokens(num_prompt);
   *reserve.mutable_sampling() = resolved_->sampling;
   reserve.set_lease_ms(absl::ToInt64Milliseconds(state_->options().lease));
-  reserve.mutable_prompt_token_ids()->Assign(resolved_->prompt.begin(), resolved_->prompt.end());
+  reserve.mutable_prompt_token_ids()->Assign(tokens.begin(), tokens.end());
+  reserve.set_num_resumed_tokens(static_cast<int32_t>(num_resumed_));
   reserve.set_cache_salt(resolved_->cache_salt);
   reserve.set_speculation(resolved_->speculation);
   reserve.set_model_id(model.id);
@@ -270,7 +297,8 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
     prefill->node = *prefill_node;
     duet::v1::PrefillRequest& request = prefill->request;
     request.set_request_id(request_id_);
-    request.mutable_token_ids()->Assign(resolved_->prompt.begin(), resolved_->prompt.end());
+    request.mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+    request.set_num_resumed_tokens(static_cast<int32_t>(num_resumed_));
     *request.mutable_sampling() = resolved_->sampling;
     request.set_decode_address(decode.address);
     request.set_reservation_id(reservation_id);
@@ -321,6 +349,12 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
   if (client_cancelled()) {
     release("client cancelled");
     result.status = absl::CancelledError("the client cancelled the call");
+    return result;
+  }
+  if (preempted_ && !relay_->finished()) {
+    release("preempted");  // the node dropped it already; Release is idempotent
+    result.status = absl::AbortedError(absl::StrCat(NodeName(decode), " preempted the request"));
+    result.preempted = true;
     return result;
   }
   if (FinishedOk()) {
@@ -391,7 +425,9 @@ GenerateCall::Attempt GenerateCall::RunColocated(const NodeAssignment& node) {
   std::unique_ptr<DecodeService::Stub> stub = DecodeService::NewStub(*channel);
   duet::v1::RunRequest run;
   run.set_request_id(request_id_);
-  run.mutable_token_ids()->Assign(resolved_->prompt.begin(), resolved_->prompt.end());
+  const std::vector<int32_t> tokens = AttemptTokens();
+  run.mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+  run.set_num_resumed_tokens(static_cast<int32_t>(num_resumed_));
   *run.mutable_sampling() = resolved_->sampling;
   run.set_cache_salt(resolved_->cache_salt);
   run.set_speculation(resolved_->speculation);
@@ -439,12 +475,14 @@ grpc::Status GenerateCall::RelayStream(grpc::ClientReaderInterface<TokenEvent>* 
       tokens_received_ = true;
     }
     if (event.has_usage()) node_cached_prompt_tokens_ = event.usage().cached_prompt_tokens();
+    if (event.preempted()) preempted_ = true;
     GenerateResponse delta;
     if (absl::Status status = relay_->Push(event, &delta); !status.ok()) {
       *relay_error = std::move(status);
       context->TryCancel();
       continue;
     }
+    generated_.insert(generated_.end(), delta.token_ids().begin(), delta.token_ids().end());
     delta.set_request_id(echoed_id);
     if (FinishedOk()) {
       final_ = std::move(delta);

@@ -303,6 +303,43 @@ TEST(ClusterTest, KilledDecodeNodeFailsItsStreamsAndOthersComplete) {
   EXPECT_EQ(exit->term_signal, SIGKILL);
 }
 
+// The decode node's pool holds 12 blocks; three requests that grow to 8 blocks each cannot all
+// finish there at once, so the node preempts some, and the router resumes them (prefill of
+// prompt + output so far, then decoding on). Every client still gets exactly the tokens of a
+// single-process run.
+TEST(ClusterTest, PreemptedRequestsResumeWithUnchangedOutput) {
+  ClusterSpec spec = CpuSpec(1, 1);
+  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--max-num-seqs", "8"};
+  spec.prefill_args = {"--kv-blocks", "96"};
+  spec.decode_args = {"--kv-blocks", "12"};
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  std::vector<v1::GenerateRequest> requests;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) {
+    prompts.push_back(Prompt(20, 400 + static_cast<uint32_t>(i)));
+    v1::SamplingParams sampling = nodes_test::Greedy(100);
+    if (i == 2) {  // a sampled one: resumed sampling continues the same per-token seeds
+      sampling.set_temperature(0.9);
+      sampling.set_top_k(40);
+      sampling.set_frequency_penalty(0.3);
+    }
+    requests.push_back(TokenRequest(prompts.back(), sampling));
+  }
+  const std::vector<GenerateResult> results = RunConcurrently(*stub, requests);
+  for (size_t i = 0; i < results.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i));
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status;
+    EXPECT_EQ(results[i].usage.prompt_tokens(), 20);
+    EXPECT_EQ(results[i].usage.completion_tokens(), 100);
+    EXPECT_EQ(results[i].tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompts[i],
+                                         requests[i].sampling()));
+  }
+  EXPECT_GT(Counter(Status(cluster->Find("decode-0")->address), "preemptions"), 0);
+  EXPECT_TRUE(AwaitAllIdle(*cluster));
+}
+
 TEST(ClusterTest, CorruptedKvChunkIsDetectedAndNeverDecoded) {
   ClusterSpec spec = CpuSpec(1, 1);
   spec.prefill_args = {"--test-corrupt-kv-chunks", "1"};

@@ -137,8 +137,10 @@ TEST(ColocatedTest, BadRunsAndReservationsGetPreciseStatuses) {
 }
 
 // A decode node whose pool cannot hold two growing sequences preempts one of them: its stream
-// ends with UNAVAILABLE "preempted" and a retry hint; the other finishes as if alone.
-TEST(DecodeNodePreemptionTest, PreemptedSequenceEndsWithARetriableError) {
+// ends OK with a `preempted` event; the other finishes as if alone. Resumed the way the router
+// does it -- prefill of prompt + tokens so far with num_resumed_tokens, reserved on the node
+// again -- the preempted one continues to exactly the tokens it would have produced alone.
+TEST(DecodeNodePreemptionTest, PreemptedSequenceResumesUnchanged) {
   DecodeSetup d;
   d.dtype = kv::CacheDtype::kFp8E4M3;
   d.num_blocks = 8;
@@ -186,17 +188,76 @@ TEST(DecodeNodePreemptionTest, PreemptedSequenceEndsWithARetriableError) {
   for (Req& r : reqs) {
     SCOPED_TRACE(r.id);
     EXPECT_TRUE(r.prefill.ok()) << r.prefill.error_message();
-    if (r.got.status.ok()) {
-      EXPECT_EQ(r.got.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, r.prompt, sampling));
-    } else {
-      ++preempted;
-      EXPECT_EQ(r.got.status.error_code(), grpc::StatusCode::UNAVAILABLE);
-      EXPECT_THAT(r.got.status.error_message(), HasSubstr("preempted"));
-      EXPECT_TRUE(rpc::GetRetryAfter(r.got.status).has_value());
-      EXPECT_EQ(r.got.finish, v1::FINISH_REASON_ERROR);
+    ASSERT_TRUE(r.got.status.ok()) << r.got.status.error_message();
+    const std::vector<int32_t> alone = SoloRun("cpu", kv::CacheDtype::kFp8E4M3, r.prompt, sampling);
+    if (!r.got.preempted) {
+      EXPECT_EQ(r.got.tokens, alone);
+      continue;
     }
+    ++preempted;
+    EXPECT_EQ(r.got.finish, v1::FINISH_REASON_UNSPECIFIED);
+    ASSERT_LT(r.got.tokens.size(), alone.size());
+    ASSERT_FALSE(r.got.tokens.empty());
+    ASSERT_TRUE(AwaitDecodeIdle(*decode));  // the other one has finished
+
+    // Resume: the prompt plus every token streamed so far.
+    std::vector<int32_t> resumed = r.prompt;
+    resumed.insert(resumed.end(), r.got.tokens.begin(), r.got.tokens.end());
+    const int32_t k = static_cast<int32_t>(r.got.tokens.size());
+    const std::string id = r.id + "-resumed";
+    v1::ReserveRequest reserve = ReserveFor(id, resumed, sampling);
+    reserve.set_num_resumed_tokens(k);
+    v1::ReserveResponse reservation;
+    ASSERT_TRUE(CallReserve(*decode->stub, reserve, &reservation).ok());
+    std::unique_ptr<TokenStreamCall> stream =
+        TokenStreamCall::StreamTokens(*decode->stub, id, reservation.reservation_id());
+    v1::PrefillRequest again = PrefillFor(id, resumed, sampling, decode->address, reservation);
+    again.set_num_resumed_tokens(k);
+    v1::PrefillResponse out;
+    ASSERT_TRUE(CallPrefill(*prefill->stub, again, &out).ok());
+    const StreamResult rest = stream->ReadAll();
+    ASSERT_TRUE(rest.status.ok()) << rest.status.error_message();
+    EXPECT_EQ(rest.finish, v1::FINISH_REASON_LENGTH);
+    std::vector<int32_t> all = r.got.tokens;
+    all.insert(all.end(), rest.tokens.begin(), rest.tokens.end());
+    EXPECT_EQ(all, alone);
   }
   EXPECT_EQ(preempted, 1);
+  EXPECT_TRUE(AwaitDecodeIdle(*decode));
+}
+
+// Bad resume counts are refused with INVALID_ARGUMENT naming the field, by both node kinds.
+TEST(DecodeNodePreemptionTest, BadResumeCountsAreRefused) {
+  std::unique_ptr<DecodeHarness> decode = StartDecode({});
+  ASSERT_NE(decode, nullptr);
+  std::unique_ptr<PrefillHarness> prefill = StartPrefill({});
+  ASSERT_NE(prefill, nullptr);
+  const std::vector<int32_t> prompt = Prompt(10, 3);
+  for (int32_t bad : {-1, 10, 11}) {
+    SCOPED_TRACE(bad);
+    v1::ReserveRequest reserve = ReserveFor("bad-resume", prompt, Greedy(4));
+    reserve.set_num_resumed_tokens(bad);
+    v1::ReserveResponse reservation;
+    const grpc::Status reserved = CallReserve(*decode->stub, reserve, &reservation);
+    EXPECT_EQ(reserved.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(reserved.error_message(), HasSubstr("num_resumed_tokens"));
+
+    v1::ReserveResponse fake;
+    fake.set_reservation_id("none");
+    fake.set_block_size(16);
+    v1::PrefillRequest request = PrefillFor("bad-resume", prompt, Greedy(4), decode->address, fake);
+    request.set_num_resumed_tokens(bad);
+    v1::PrefillResponse out;
+    const grpc::Status prefilled = CallPrefill(*prefill->stub, request, &out);
+    EXPECT_EQ(prefilled.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(prefilled.error_message(), HasSubstr("num_resumed_tokens"));
+  }
+  // Resumed tokens that already end the completion (max_tokens 4, 5 resumed) are refused too.
+  v1::ReserveRequest done = ReserveFor("done-resume", Prompt(10, 4), Greedy(4));
+  done.set_num_resumed_tokens(5);
+  v1::ReserveResponse reservation;
+  EXPECT_EQ(CallReserve(*decode->stub, done, &reservation).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(AwaitDecodeIdle(*decode));
 }
 

@@ -185,6 +185,7 @@ bool TokenStreamCall::ReadOne(StreamResult* result) {
     result_.finish = event.finish_reason();
     result_.usage = event.usage();
   }
+  if (event.preempted()) result_.preempted = true;
   if (result != nullptr) *result = result_;
   return true;
 }

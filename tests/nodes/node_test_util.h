@@ -95,6 +95,7 @@ struct StreamResult {
   int num_events = 0;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
+  bool preempted = false;  // the last event said the node preempted the request
   grpc::Status status;
 };
 
