@@ -16,6 +16,7 @@
 #include "common/kv/kv_payload.h"
 #include "common/kv/kv_transfer.h"
 #include "common/rpc/status_convert.h"
+#include "prefill_node/kv_sender.h"
 #include "tests/nodes/node_test_util.h"
 
 namespace duet::nodes_test {
@@ -30,23 +31,9 @@ v1::KvChunk HandChunk(const kv::KvLayout& layout, const std::string& request_id,
                       int32_t first_token = 0) {
   std::vector<uint8_t> payload(static_cast<size_t>(kv::KvPayloadBytes(
       layout, n, rect.layer_begin, rect.layer_end, rect.block_begin, rect.block_end)));
-  const kv::KvChunkHeader h = kv::MakeChunkHeader(request_id, reservation_id, n, rect, first_token);
-  v1::KvChunk c;
-  c.set_request_id(h.request_id);
-  c.set_reservation_id(h.reservation_id);
-  c.set_seq_no(h.seq_no);
-  c.set_layer_begin(h.layer_begin);
-  c.set_layer_end(h.layer_end);
-  c.set_block_begin(h.block_begin);
-  c.set_block_end(h.block_end);
-  c.set_num_tokens(h.num_tokens);
-  c.set_last(h.last);
-  c.set_first_token(h.first_token);
-  c.set_payload(std::string(payload.begin(), payload.end()));
-  c.set_checksum(kv::KvChunkChecksum(h, payload));
-  c.set_format_version(kv::kKvChunkChecksumVersion);
-  c.set_kv_dtype(v1::KV_DTYPE_F32);
-  return c;
+  return prefill::MakeKvChunk(
+      kv::MakeChunkHeader(request_id, reservation_id, n, rect, first_token), std::move(payload),
+      v1::KV_DTYPE_F32);
 }
 
 // Recomputes a chunk's checksum after a test changed it.
