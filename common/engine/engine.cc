@@ -54,6 +54,14 @@ absl::Status WarmUp(Engine& engine) {
   PrefillObserver observer;
   observer.layers_per_group = 1;
   observer.on_layers_done = [](const PrefillProgress&) { return absl::OkStatus(); };
+  // Chunk lengths in steps of 4 below 32 too: matrix kernels size their token tiles to the
+  // chunk (a different pipeline per multiple of 4 below a full tile). Each rewrites A from 0.
+  for (int64_t n : {12, 16, 20, 24, 28, 32}) {
+    if (n > prompt) break;
+    DUET_RETURN_IF_ERROR(
+        engine.Prefill({table_a, 0, slot_a}, absl::MakeConstSpan(tokens).first(static_cast<size_t>(n)))
+            .status());
+  }
   DUET_RETURN_IF_ERROR(engine.Prefill({table_a, 0, slot_a}, tokens, false, &observer).status());
   DUET_RETURN_IF_ERROR(engine.Prefill({table_b, 0, slot_b}, absl::MakeConstSpan(tokens).first(1)).status());
   const DecodeItem a1{{table_a, prompt, slot_a}, 2};

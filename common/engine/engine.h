@@ -178,9 +178,9 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(const std::string& backend,
                                                      std::shared_ptr<const GgufFile> file,
                                                      const EngineOptions& options);
 
-// Runs every kind of step once on scratch blocks -- a multi-token and a one-token prefill
-// chunk, DecodeStep and DecodeStepGreedy at every batch size up to 8, ExportKv and ImportKv
-// -- so that a
+// Runs every kind of step once on scratch blocks -- prefill chunks of 1, 12, 16, ..., 32 and
+// 64 tokens, DecodeStep and DecodeStepGreedy at every batch size up to 8, ExportKv and
+// ImportKv -- so that a
 // server builds its pipelines (seconds on lavapipe) before it reports healthy, not inside the
 // first request's lease. Uses blocks from 0 and tail slots from 0; it leaves garbage there,
 // which is harmless because they are free (a prefill overwrites what it uses). REQUIRES: no
