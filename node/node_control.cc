@@ -131,6 +131,11 @@ void NodeControlClient::Loop() {
           spdlog::warn("node {}: the router does not know this node; registering again", id);
           continue;
         }
+      } else if (stop_) {
+        // Cancelled by the destructor: the node is stopping.
+      } else if (s.error_code() == grpc::StatusCode::CANCELLED) {
+        // The router's server cancels calls in flight when it shuts down.
+        spdlog::info("node {}: heartbeat cancelled by the router (shutting down?)", id);
       } else if (draining && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
         // The router is gone (a cluster stops it first): there is nobody to tell.
         if (!router_gone_) spdlog::info("node {}: router unreachable while draining", id);

@@ -123,6 +123,9 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   parser.AddInt("test-decode-step-delay-ms", &o.test_decode_step_delay_ms,
                 "decode, for tests: sleep this long in every decode step (default 0)");
   parser.AddString("log-level", &o.log_level, "trace, debug, info (default), warn, error, off");
+  parser.AddInt("metrics-port", &o.metrics_port,
+                "serve Prometheus metrics at http://HOST:PORT/metrics (0 = any free port; "
+                "default: off)");
   *usage = parser.Usage();
   DUET_RETURN_IF_ERROR(parser.Parse(args));
   *help = parser.help_requested();
@@ -174,6 +177,10 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   DUET_RETURN_IF_ERROR(CheckPositive("--max-batched-tokens", o.max_num_batched_tokens));
   DUET_RETURN_IF_ERROR(CheckPositive("--prefill-chunk-tokens", o.prefill_chunk_tokens));
   DUET_RETURN_IF_ERROR(CheckPositive("--heartbeat-ms", o.heartbeat_interval_ms));
+  if (parser.WasSet("metrics-port") && (o.metrics_port < 0 || o.metrics_port > 65535)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-port must be in [0, 65535], got ", o.metrics_port));
+  }
   DUET_RETURN_IF_ERROR(CheckPositive("--max-chunk-bytes", o.max_chunk_bytes));
   if (o.test_decode_step_delay_ms < 0 || o.test_decode_step_delay_ms > 10000) {
     return absl::InvalidArgumentError(absl::StrCat(

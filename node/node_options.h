@@ -44,6 +44,7 @@ struct NodeOptions {
   int64_t test_corrupt_kv_chunks = 0;       // prefill, tests only (PrefillNodeOptions)
   int64_t test_decode_step_delay_ms = 0;    // decode, tests only (DecodeNodeOptions)
   std::string log_level = "info";  // trace|debug|info|warn|error|off
+  int64_t metrics_port = -1;       // Prometheus /metrics on host:port; 0 = any free; -1 = off
 };
 
 // Parses a node's arguments (without the program name). `role` is the executable's default

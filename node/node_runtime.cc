@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "duet/v1/internal.grpc.pb.h"
 #include "node/node_control.h"
@@ -103,6 +104,50 @@ class NodeAdminService final : public v1::NodeAdmin::CallbackService {
   std::atomic<bool> draining_{false};
 };
 
+// The node's load and event counts as Prometheus series, read at scrape time.
+std::vector<metrics::Sample> NodeSamples(const NodeHooks& hooks) {
+  using prometheus::MetricType;
+  const v1::NodeLoad load = hooks.load();
+  const double total = static_cast<double>(load.total_kv_blocks());
+  const double used = total - static_cast<double>(load.free_kv_blocks());
+  std::vector<metrics::Sample> samples = {
+      {"duet:num_requests_running", "Sequences being decoded (or prefilled) now.",
+       MetricType::Gauge, static_cast<double>(load.running_sequences()), {}},
+      {"duet:num_requests_waiting", "Requests admitted but not running (KV, batch slot).",
+       MetricType::Gauge, static_cast<double>(load.waiting_sequences()), {}},
+      {"duet:num_queued_prefill_tokens", "Prompt tokens waiting for prefill.", MetricType::Gauge,
+       static_cast<double>(load.queued_prefill_tokens()), {}},
+      {"duet:kv_cache_blocks_used", "KV blocks in use (reserved or holding KV).",
+       MetricType::Gauge, used, {}},
+      {"duet:kv_cache_blocks_total", "KV blocks in the pool.", MetricType::Gauge, total, {}},
+      {"duet:kv_cache_usage_perc", "Fraction of the KV pool in use (0..1).", MetricType::Gauge,
+       total > 0 ? used / total : 0.0, {}},
+  };
+  if (!hooks.counters) return samples;
+  google::protobuf::Map<std::string, int64_t> counters;
+  hooks.counters(&counters);
+  struct Mapping {
+    const char* counter;
+    const char* metric;
+    const char* help;
+  };
+  static constexpr Mapping kMappings[] = {
+      {"kv_chunks_accepted", "duet:kv_transfer_chunks_total", "KV chunks sent or accepted."},
+      {"kv_chunks_sent", "duet:kv_transfer_chunks_total", "KV chunks sent or accepted."},
+      {"kv_bytes_sent", "duet:kv_transfer_bytes_total", "KV payload bytes sent."},
+      {"kv_transfers_failed", "duet:kv_transfer_failures_total", "KV transfers that failed."},
+      {"kv_checksum_errors", "duet:kv_checksum_errors_total", "KV chunks with a bad checksum."},
+      {"leases_expired", "duet:kv_leases_expired_total", "Reservations freed by their lease."},
+      {"preemptions", "duet:num_preemptions_total", "Sequences preempted (KV pool full)."},
+  };
+  for (const Mapping& m : kMappings) {
+    auto it = counters.find(m.counter);
+    if (it == counters.end()) continue;
+    samples.push_back({m.metric, m.help, MetricType::Counter, static_cast<double>(it->second), {}});
+  }
+  return samples;
+}
+
 }  // namespace
 
 absl::Status InitLogging(const std::string& level) {
@@ -141,6 +186,25 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
     return 1;
   }
   std::printf("listening on %s\n", (*server)->address().c_str());
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  std::shared_ptr<metrics::CallbackCollector> collector;
+  if (options.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> started =
+        metrics::MetricsServer::Start(options.host, static_cast<int>(options.metrics_port));
+    if (!started.ok()) {
+      std::fprintf(stderr, "%s: --metrics-port: %s\n", node_id.c_str(),
+                   started.status().ToString().c_str());
+      (*server)->Shutdown(absl::ZeroDuration());
+      hooks.stop();
+      return 1;
+    }
+    metrics_server = std::move(*started);
+    collector = std::make_shared<metrics::CallbackCollector>(
+        metrics::ProcessLabels{node_id, RoleName(options.role), options.model_id},
+        [&hooks] { return NodeSamples(hooks); });
+    metrics_server->Register(collector);
+    std::printf("metrics on %s:%d\n", options.host.c_str(), metrics_server->port());
+  }
   std::fflush(stdout);
   std::string address = options.advertise_address;
   if (address.empty()) {

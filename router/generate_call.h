@@ -154,6 +154,10 @@ class GenerateCall final : public grpc::ServerWriteReactor<duet::v1::GenerateRes
   int64_t num_resumed_ = 0;
   // The current attempt's decode node preempted the request (its last TokenEvent).
   bool preempted_ = false;
+  // For metrics: when Run started, and when the first and the latest tokens were relayed.
+  absl::Time started_ = absl::InfinitePast();
+  absl::Time first_token_at_ = absl::InfinitePast();
+  absl::Time last_token_at_ = absl::InfinitePast();
 
   absl::Mutex mu_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

@@ -63,9 +63,26 @@ absl::Status NodeLostStatus(const NodeAssignment& node, const std::string& reaso
   return absl::UnavailableError(absl::StrCat(NodeName(node), " was lost: ", reason));
 }
 
+// The finished_reason label of a request that ended normally.
+std::string FinishReasonLabel(duet::v1::FinishReason reason) {
+  switch (reason) {
+    case duet::v1::FINISH_REASON_STOP:
+      return "stop";
+    case duet::v1::FINISH_REASON_LENGTH:
+      return "length";
+    case duet::v1::FINISH_REASON_STOP_STRING:
+      return "stop_string";
+    case duet::v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    default:
+      return "error";
+  }
+}
+
 }  // namespace
 
 void GenerateCall::Run() {
+  started_ = absl::Now();
   state_->AddInflight(this);
   absl::Status status = Execute();
   LeaveQueue();
@@ -85,6 +102,18 @@ void GenerateCall::Run() {
     last.mutable_usage()->set_prompt_tokens(static_cast<int64_t>(resolved_->prompt.size()));
     last.mutable_usage()->set_completion_tokens(relay_->num_tokens());
     Send(std::move(last));
+  }
+  if (RouterMetrics* m = state_->metrics(); m != nullptr && resolved_.has_value()) {
+    const absl::Time now = absl::Now();
+    std::string reason = status.ok() ? FinishReasonLabel(relay_->finish_reason())
+                         : status.code() == absl::StatusCode::kCancelled ? "cancelled"
+                                                                         : "error";
+    m->Finished(absl::ToDoubleSeconds(now - started_),
+                first_token_at_ == absl::InfinitePast()
+                    ? -1.0
+                    : absl::ToDoubleSeconds(now - first_token_at_),
+                reason, static_cast<int64_t>(resolved_->prompt.size()),
+                relay_.has_value() ? relay_->num_tokens() : 0);
   }
   if (status.ok()) {
     spdlog::debug("{}: done, {} tokens", request_id_, relay_->num_tokens());
@@ -106,6 +135,9 @@ void GenerateCall::LeaveQueue() {
 void GenerateCall::SendHeaderOnce() {
   if (header_sent_) return;
   header_sent_ = true;
+  if (RouterMetrics* m = state_->metrics()) {
+    m->ObserveQueueTime(absl::ToDoubleSeconds(absl::Now() - started_));
+  }
   GenerateResponse header;
   header.set_request_id(client_request_id_.empty() ? request_id_ : client_request_id_);
   Send(std::move(header));
@@ -265,6 +297,7 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
     return result;
   }
   const std::string& reservation_id = reservation.reservation_id();
+  if (RouterMetrics* m = state_->metrics()) m->Assigned(decode.id.value());
   SendHeaderOnce();
 
   // 2. Open the token stream at once (the decode node buffers tokens until it is read).
@@ -341,6 +374,11 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
   // A decode node leaves Usage.cached_prompt_tokens 0; the prefill node knows.
   cached_prompt_tokens_ =
       prefill.has_value() && prefill_status.ok() ? prefill->response.cached_prompt_tokens() : 0;
+  if (RouterMetrics* m = state_->metrics(); m != nullptr && prefill.has_value() &&
+                                            prefill_status.ok()) {
+    m->ObservePrefillTime(prefill->response.prefill_ms() / 1000.0);
+    m->Assigned(prefill->node.id.value());
+  }
 
   // 5. Decide.
   auto release = [&](const std::string& reason) {
@@ -432,6 +470,7 @@ GenerateCall::Attempt GenerateCall::RunColocated(const NodeAssignment& node) {
   run.set_cache_salt(resolved_->cache_salt);
   run.set_speculation(resolved_->speculation);
   run.set_model_id(state_->model().id);
+  if (RouterMetrics* m = state_->metrics()) m->Assigned(node.id.value());
   SendHeaderOnce();
 
   grpc::ClientContext context;
@@ -483,6 +522,22 @@ grpc::Status GenerateCall::RelayStream(grpc::ClientReaderInterface<TokenEvent>* 
       continue;
     }
     generated_.insert(generated_.end(), delta.token_ids().begin(), delta.token_ids().end());
+    if (delta.token_ids_size() > 0) {
+      const absl::Time now = absl::Now();
+      if (RouterMetrics* m = state_->metrics()) {
+        if (first_token_at_ == absl::InfinitePast()) {
+          m->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - started_));
+          if (delta.token_ids_size() > 1) {
+            m->ObserveInterToken(0, delta.token_ids_size() - 1);
+          }
+        } else {
+          m->ObserveInterToken(absl::ToDoubleSeconds(now - last_token_at_),
+                               delta.token_ids_size());
+        }
+      }
+      if (first_token_at_ == absl::InfinitePast()) first_token_at_ = now;
+      last_token_at_ = now;
+    }
     delta.set_request_id(echoed_id);
     if (FinishedOk()) {
       final_ = std::move(delta);

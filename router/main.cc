@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -15,10 +16,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/args.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/address.h"
 #include "common/rpc/server.h"
 #include "common/rpc/text_config.h"
 #include "duet/v1/config.pb.h"
+#include "router/router_metrics.h"
 #include "router/router_options.h"
 #include "router/router_service.h"
 #include "router/served_model.h"
@@ -43,6 +46,7 @@ struct Flags {
   std::string log_level = "info";
   std::vector<std::string> overrides;
   int64_t shutdown_grace_ms = 10000;
+  int64_t metrics_port = -1;
 };
 
 bool SetLogLevel(const std::string& name) {
@@ -65,6 +69,9 @@ int Main(int argc, char** argv, const sigset_t& signals) {
   parser.AddRepeated("set", &flags.overrides, "override one config field, e.g. router.port=0");
   parser.AddString("log-level", &flags.log_level,
                    "trace, debug, info (default), warn, error, critical or off");
+  parser.AddInt("metrics-port", &flags.metrics_port,
+                "serve Prometheus metrics at http://HOST:PORT/metrics (0 = any free port; "
+                "default: off)");
   parser.AddInt("shutdown-grace-ms", &flags.shutdown_grace_ms,
                 "on SIGTERM/SIGINT, how long in-flight streams may run before they are cancelled");
   const std::vector<std::string> args(argv + 1, argv + argc);
@@ -79,6 +86,10 @@ int Main(int argc, char** argv, const sigset_t& signals) {
     return Fail(kExitUsage, absl::StrCat("--log-level must be one of trace, debug, info, warn, "
                                          "error, critical, off; got '",
                                          flags.log_level, "'"));
+  }
+  if (parser.WasSet("metrics-port") && (flags.metrics_port < 0 || flags.metrics_port > 65535)) {
+    return Fail(kExitUsage,
+                absl::StrCat("--metrics-port must be in [0, 65535], got ", flags.metrics_port));
   }
   if (flags.shutdown_grace_ms < 0) {
     return Fail(kExitUsage,
@@ -114,6 +125,40 @@ int Main(int argc, char** argv, const sigset_t& signals) {
   if (!model.ok()) return Fail(kExitRuntimeError, std::string(model.status().message()));
 
   duet::router::Router router(model->get(), *options);
+  // Metrics: the request histograms and counters, plus gauges read at scrape time.
+  std::unique_ptr<duet::metrics::MetricsServer> metrics_server;
+  std::unique_ptr<duet::router::RouterMetrics> metrics;
+  std::shared_ptr<duet::metrics::CallbackCollector> gauges;
+  if (flags.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<duet::metrics::MetricsServer>> started =
+        duet::metrics::MetricsServer::Start(config.router().listen_address(),
+                                            static_cast<int>(flags.metrics_port));
+    if (!started.ok()) return Fail(kExitRuntimeError, std::string(started.status().message()));
+    metrics_server = std::move(*started);
+    const duet::metrics::ProcessLabels labels{"router", "router", (*model)->id};
+    metrics = std::make_unique<duet::router::RouterMetrics>(labels);
+    router.state().set_metrics(metrics.get());
+    metrics_server->Register(metrics->registry());
+    duet::router::RouterState* state = &router.state();
+    gauges = std::make_shared<duet::metrics::CallbackCollector>(labels, [state] {
+      using prometheus::MetricType;
+      const int64_t queued = state->num_queued();
+      std::vector<duet::metrics::Sample> samples = {
+          {"duet:num_requests_running", "Requests streaming tokens.", MetricType::Gauge,
+           static_cast<double>(std::max<int64_t>(0, state->num_inflight() - queued)), {}},
+          {"duet:num_requests_waiting", "Requests admitted, waiting for their first token.",
+           MetricType::Gauge, static_cast<double>(queued), {}},
+      };
+      for (const duet::router::NodeSnapshot& node : state->registry().Snapshot()) {
+        samples.push_back({"duet:node_up", "1 when the node is live and not draining.",
+                           MetricType::Gauge, node.live && !node.draining ? 1.0 : 0.0,
+                           {{"target_node", node.spec.id.value()},
+                            {"target_role", duet::router::NodeRoleName(node.spec.role)}}});
+      }
+      return samples;
+    });
+    metrics_server->Register(gauges);
+  }
   duet::rpc::ServerOptions server_options;
   server_options.address =
       duet::rpc::FormatHostPort({config.router().listen_address(), config.router().port()});
@@ -121,6 +166,10 @@ int Main(int argc, char** argv, const sigset_t& signals) {
       duet::rpc::RpcServer::Start(server_options, router.services());
   if (!server.ok()) return Fail(kExitRuntimeError, std::string(server.status().message()));
   std::printf("listening on %s\n", (*server)->address().c_str());
+  if (metrics_server != nullptr) {
+    std::printf("metrics on %s:%d\n", config.router().listen_address().c_str(),
+                metrics_server->port());
+  }
   std::fflush(stdout);
   spdlog::info("serving model '{}' ({}, context {}) on {}", (*model)->id,
                (*model)->config.architecture_name, (*model)->config.context_length,

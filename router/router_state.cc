@@ -58,6 +58,11 @@ void RouterState::LeaveQueue() {
   --num_queued_;
 }
 
+int64_t RouterState::num_inflight() const {
+  absl::MutexLock lock(&inflight_mu_);
+  return static_cast<int64_t>(inflight_.size());
+}
+
 int32_t RouterState::num_queued() const {
   absl::MutexLock lock(&queue_mu_);
   return num_queued_;

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/base/clock.h"
 #include "router/node_registry.h"
+#include "router/router_metrics.h"
 #include "router/router_options.h"
 #include "router/served_model.h"
 
@@ -46,6 +47,9 @@ class RouterState {
   const Clock& clock() const { return *clock_; }
   NodeRegistry& registry() { return registry_; }
   const NodeRegistry& registry() const { return registry_; }
+  // Prometheus metrics; null = none. REQUIRES: set before serving, outlives the state.
+  void set_metrics(RouterMetrics* metrics) { metrics_ = metrics; }
+  RouterMetrics* metrics() const { return metrics_; }
 
   // A channel to `address`, created on first use and shared afterwards. INVALID_ARGUMENT for a
   // malformed address.
@@ -57,6 +61,8 @@ class RouterState {
   absl::Status TryAdmit();
   void LeaveQueue();
   int32_t num_queued() const;
+  // Generate calls in flight (queued or streaming).
+  int64_t num_inflight() const;
 
   // Requests in flight; they are told about lost nodes until removed.
   void AddInflight(InflightCall* call);
@@ -90,7 +96,7 @@ class RouterState {
   mutable absl::Mutex queue_mu_;
   int32_t num_queued_ ABSL_GUARDED_BY(queue_mu_) = 0;
 
-  absl::Mutex inflight_mu_;
+  mutable absl::Mutex inflight_mu_;
   absl::flat_hash_set<InflightCall*> inflight_ ABSL_GUARDED_BY(inflight_mu_);
 
   absl::Mutex workers_mu_;
@@ -100,6 +106,7 @@ class RouterState {
   std::mt19937_64 random_ ABSL_GUARDED_BY(random_mu_);
   const uint32_t id_prefix_;
   std::atomic<uint32_t> next_id_{0};
+  RouterMetrics* metrics_ = nullptr;
 };
 
 }  // namespace duet::router

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/base/status.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/status_convert.h"
 #include "duet/v1/internal.grpc.pb.h"
@@ -137,6 +138,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
   setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
   std::unique_ptr<Cluster> cluster(new Cluster());
   std::vector<std::string> common = {"--model", spec.model_path, "--log-level", spec.log_level};
+  if (spec.metrics) common.insert(common.end(), {"--metrics-port", "0"});
   if (!spec.config_path.empty()) {
     common.push_back("--config");
     common.push_back(spec.config_path);
@@ -165,6 +167,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
     } else {
       router.process.address = line->substr(sizeof(kListening) - 1);
       cluster->router_address_ = router.process.address;
+      if (spec.metrics) launched = cluster->ReadMetricsLine(router, deadline);
     }
   }
   struct Group {
@@ -267,6 +270,7 @@ absl::Status Cluster::AwaitReady(const ClusterSpec& spec, absl::Time deadline) {
           ExitFromStatus(child.process.name, status).Describe(), " during startup"));
     }
     child.process.address = line->substr(sizeof(kListening) - 1);
+    if (spec.metrics) DUET_RETURN_IF_ERROR(ReadMetricsLine(child, deadline));
   }
   // 2. Every process answers its health check.
   for (Child& child : children_) {
@@ -321,6 +325,18 @@ absl::Status Cluster::AwaitReady(const ClusterSpec& spec, absl::Time deadline) {
     }
     absl::SleepFor(kPollInterval);
   }
+}
+
+absl::Status Cluster::ReadMetricsLine(Child& child, absl::Time deadline) {
+  constexpr char kMetrics[] = "metrics on ";
+  bool eof = false;
+  absl::StatusOr<std::string> line = ReadLine(child.stdout_fd, deadline, &eof);
+  if (!line.ok() || eof || line->rfind(kMetrics, 0) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat(child.process.name, " printed no 'metrics on' line"));
+  }
+  child.process.metrics_address = line->substr(sizeof(kMetrics) - 1);
+  return absl::OkStatus();
 }
 
 Cluster::~Cluster() { Stop(absl::Seconds(20)); }
@@ -412,12 +428,11 @@ void Cluster::StopGroup(const std::vector<size_t>& indices, absl::Duration grace
 
 std::vector<ProcessExit> Cluster::Stop(absl::Duration grace) {
   std::vector<ProcessExit> exits;
-  std::vector<size_t> routers, nodes;
-  for (size_t i = 0; i < children_.size(); ++i) {
-    (children_[i].process.role == "router" ? routers : nodes).push_back(i);
-  }
-  StopGroup(routers, grace, &exits);
-  StopGroup(nodes, grace, &exits);
+  // The router first (in start order), then the nodes at once: the router stops taking
+  // requests and lets its streams finish while the nodes drain theirs.
+  std::vector<size_t> all;
+  for (size_t i = 0; i < children_.size(); ++i) all.push_back(i);
+  StopGroup(all, grace, &exits);
   for (Child& child : children_) {
     if (child.stdout_fd >= 0) close(child.stdout_fd);
     child.stdout_fd = -1;

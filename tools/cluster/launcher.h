@@ -5,8 +5,9 @@
 //
 // Start() returns once the cluster serves: every process printed "listening on HOST:PORT", its
 // gRPC health check answers SERVING, and the router lists every node as live. Stop() (and the
-// destructor) sends SIGTERM to the router first (no new requests, in-flight streams finish),
-// then to the nodes (they drain), and SIGKILLs what is still running after the grace period.
+// destructor) sends SIGTERM to the router (no new requests, in-flight streams finish) and then
+// to the nodes (they drain: in-flight work finishes), and SIGKILLs what is still running after
+// the grace period.
 // Children get SIGTERM from the kernel if the launching thread dies (PR_SET_PDEATHSIG), so a
 // killed launcher leaves no orphans. Children inherit stderr (their logs); their stdout carries
 // only the "listening on" line.
@@ -57,6 +58,8 @@ struct ClusterSpec {
   absl::Duration ready_timeout = absl::Seconds(120);
   // Pin process i to CPU i mod (number of CPUs) (taskset-like), for measurements.
   bool pin_cpus = false;
+  // Every process serves Prometheus metrics on a free port (--metrics-port 0).
+  bool metrics = false;
 };
 
 // One started process.
@@ -65,6 +68,7 @@ struct ClusterProcess {
   std::string role;  // "router", "prefill", "decode", "colocated"
   pid_t pid = -1;
   std::string address;  // from its "listening on" line
+  std::string metrics_address;  // from its "metrics on" line (ClusterSpec::metrics)
 };
 
 // How a process ended.
@@ -101,7 +105,7 @@ class Cluster {
   // A process that has exited since the last call (reaped), or nullopt when all still run.
   std::optional<ProcessExit> PollExited();
 
-  // Stops the cluster (router first, then the nodes; SIGKILL after `grace` each). Returns the
+  // Stops the cluster (SIGTERM to the router, then the nodes; SIGKILL after `grace`). Returns the
   // exits of every process not reaped before, in start order. Idempotent.
   std::vector<ProcessExit> Stop(absl::Duration grace = absl::Seconds(20));
 
@@ -110,6 +114,8 @@ class Cluster {
   absl::Status Launch(const ClusterSpec& spec, const std::string& name, const std::string& role,
                       const std::string& binary, std::vector<std::string> args, int cpu);
   absl::Status AwaitReady(const ClusterSpec& spec, absl::Time deadline);
+  struct Child;
+  absl::Status ReadMetricsLine(Child& child, absl::Time deadline);
   void StopGroup(const std::vector<size_t>& indices, absl::Duration grace,
                  std::vector<ProcessExit>* exits);
 

@@ -6,8 +6,10 @@
 
 namespace duet::cli {
 
-void AddClientFlags(ArgParser& parser, ClientFlags* flags) {
-  parser.AddString("model", &flags->model, "model id (default: the cluster's only model)");
+void AddClientFlags(ArgParser& parser, ClientFlags* flags, bool with_model_id) {
+  if (with_model_id) {
+    parser.AddString("model", &flags->model, "model id (default: the cluster's only model)");
+  }
   parser.AddInt("max-tokens", &flags->max_tokens,
                 "most tokens to generate (default: the router's)", "n");
   parser.AddDouble("temperature", &flags->temperature, "0 = greedy (default 1)");

@@ -31,7 +31,8 @@ struct ClientFlags {
   int64_t timeout_s = 0;
 };
 
-void AddClientFlags(ArgParser& parser, ClientFlags* flags);
+// with_model_id: also --model (the model id; `duet cluster` uses --model for the file).
+void AddClientFlags(ArgParser& parser, ClientFlags* flags, bool with_model_id = true);
 
 // "" when the flags fit the request's fields, else the problem (-n or --top-k outside int32,
 // a negative --seed or --timeout-s).

@@ -116,9 +116,11 @@ int RunCluster(const Args& args) {
   parser.AddString("bin-dir", &spec.bin_dir, "directory of duet-router and the node executables");
   parser.AddInt("ready-timeout-s", &ready_timeout_s, "how long startup may take (default 300)");
   parser.AddBool("pin-cpus", &spec.pin_cpus, "pin each process to its own CPU");
+  parser.AddBool("metrics", &spec.metrics,
+                 "every process serves Prometheus metrics on a free port (listed)");
   parser.AddRepeated("prompt", &prompts,
                      "send this prompt once ready, print the completion, then stop (repeatable)");
-  AddClientFlags(parser, &flags);
+  AddClientFlags(parser, &flags, /*with_model_id=*/false);
   if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
   if (std::string problem = CheckClientFlags(flags); !problem.empty()) {
     return UsageError(kCmd, problem);
@@ -188,7 +190,9 @@ int RunCluster(const Args& args) {
   cluster::Cluster& running = **started;
   std::printf("listening on %s\n", running.router_address().c_str());
   for (const cluster::ClusterProcess& p : running.processes()) {
-    std::printf("  %-12s %-22s pid %d\n", p.name.c_str(), p.address.c_str(), p.pid);
+    std::printf("  %-12s %-22s pid %-8d%s%s\n", p.name.c_str(), p.address.c_str(), p.pid,
+                p.metrics_address.empty() ? "" : "metrics http://",
+                p.metrics_address.empty() ? "" : (p.metrics_address + "/metrics").c_str());
   }
   std::fflush(stdout);
 
@@ -204,7 +208,7 @@ int RunCluster(const Args& args) {
     const timespec tick{0, 200 * 1000 * 1000};
     siginfo_t info;
     if (sigtimedwait(&signals, &info, &tick) > 0) {
-      std::fprintf(stderr, "%s: stopping (router first, then draining the nodes)\n", kCmd);
+      std::fprintf(stderr, "%s: stopping (the router, then draining the nodes)\n", kCmd);
       const std::vector<cluster::ProcessExit> exits = running.Stop();
       PrintExits(exits);
       return AllClean(exits) ? 0 : kExitRuntimeError;

@@ -1,0 +1,154 @@
+// Prometheus metrics of a running cluster, scraped over HTTP like Prometheus would: the
+// router's request histograms and counters and every node's KV and transfer series, with the
+// node/role/model labels. Also MetricsServer alone (port 0, bad port).
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/metrics/metrics.h"
+#include "common/rpc/channel.h"
+#include "tests/nodes/node_test_util.h"
+#include "tools/cluster/generate_client.h"
+#include "tools/cluster/launcher.h"
+
+namespace duet::cluster_test {
+namespace {
+
+using ::testing::HasSubstr;
+
+// GET http://host:port/metrics (host:port from `address`); "" on failure.
+std::string Scrape(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n";
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return "";
+  }
+  std::string response;
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// The value of the series `name{...labels containing every `must` fragment...}`; -1 if absent.
+double Value(const std::string& text, const std::string& name,
+             const std::vector<std::string>& must = {}) {
+  size_t pos = 0;
+  while ((pos = text.find(name + "{", pos)) != std::string::npos) {
+    if (pos > 0 && text[pos - 1] != '\n') {
+      ++pos;
+      continue;
+    }
+    const size_t end = text.find('\n', pos);
+    const std::string line = text.substr(pos, end - pos);
+    bool all = true;
+    for (const std::string& m : must) all = all && line.find(m) != std::string::npos;
+    if (all) return std::strtod(line.substr(line.rfind(' ') + 1).c_str(), nullptr);
+    pos = end;
+  }
+  return -1;
+}
+
+TEST(MetricsTest, ClusterSeriesAfterLoad) {
+  cluster::ClusterSpec spec;
+  spec.model_path = nodes_test::TestModelFile();
+  spec.num_prefill = 1;
+  spec.num_decode = 1;
+  spec.metrics = true;
+  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "64"};
+  spec.log_level = "error";
+  absl::StatusOr<std::unique_ptr<cluster::Cluster>> cluster = cluster::Cluster::Start(spec);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto stub = v1::Duet::NewStub(*rpc::CreateChannel((*cluster)->router_address()));
+  constexpr int kRequests = 5;
+  for (int i = 0; i < kRequests; ++i) {
+    v1::GenerateRequest request;
+    for (int32_t id : nodes_test::Prompt(20 + i, static_cast<uint32_t>(i))) {
+      request.mutable_token_ids()->add_ids(id);
+    }
+    *request.mutable_sampling() = nodes_test::Greedy(6);
+    ASSERT_TRUE(cluster::Generate(*stub, request).status.ok());
+  }
+  v1::GenerateRequest bad;
+  bad.set_text("x");
+  bad.mutable_sampling()->set_max_tokens(0);
+  EXPECT_FALSE(cluster::Generate(*stub, bad).status.ok());  // rejected before it is admitted
+
+  const std::string router = Scrape((*cluster)->Find("router")->metrics_address);
+  ASSERT_FALSE(router.empty());
+  const std::string labels = "model=\"tiny-nodes\",node=\"router\",role=\"router\"";
+  EXPECT_THAT(router, HasSubstr("duet:time_to_first_token_seconds_bucket{"));
+  EXPECT_EQ(Value(router, "duet:time_to_first_token_seconds_count", {labels}), kRequests);
+  EXPECT_EQ(Value(router, "duet:inter_token_latency_seconds_count", {labels}), kRequests * 5);
+  EXPECT_EQ(Value(router, "duet:e2e_request_latency_seconds_count", {labels}), kRequests);
+  EXPECT_EQ(Value(router, "duet:request_success_total", {"finished_reason=\"length\""}),
+            kRequests);
+  EXPECT_EQ(Value(router, "duet:generation_tokens_total", {labels}), kRequests * 6);
+  EXPECT_EQ(Value(router, "duet:prompt_tokens_total", {labels}), 20 + 21 + 22 + 23 + 24);
+  EXPECT_EQ(Value(router, "duet:node_up", {"target_node=\"decode-0\""}), 1);
+  EXPECT_EQ(Value(router, "duet:node_assignments_total", {"target_node=\"prefill-0\""}),
+            kRequests);
+
+  const std::string decode = Scrape((*cluster)->Find("decode-0")->metrics_address);
+  ASSERT_FALSE(decode.empty());
+  const std::string decode_labels = "model=\"tiny-nodes\",node=\"decode-0\",role=\"decode\"";
+  EXPECT_EQ(Value(decode, "duet:kv_cache_blocks_total", {decode_labels}), 64);
+  EXPECT_EQ(Value(decode, "duet:kv_cache_blocks_used", {decode_labels}), 0);
+  EXPECT_EQ(Value(decode, "duet:kv_cache_usage_perc", {decode_labels}), 0);
+  EXPECT_GE(Value(decode, "duet:kv_transfer_chunks_total", {decode_labels}), kRequests);
+  EXPECT_EQ(Value(decode, "duet:kv_checksum_errors_total", {decode_labels}), 0);
+  const std::string prefill = Scrape((*cluster)->Find("prefill-0")->metrics_address);
+  EXPECT_GT(Value(prefill, "duet:kv_transfer_bytes_total", {"role=\"prefill\""}), 0);
+}
+
+TEST(MetricsTest, ServerOnAnyPortAndBadPort) {
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> server =
+      metrics::MetricsServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_GT((*server)->port(), 0);
+  auto collector = std::make_shared<metrics::CallbackCollector>(
+      metrics::ProcessLabels{"n1", "decode", "m"}, [] {
+        return std::vector<metrics::Sample>{
+            {"duet:test_gauge", "A test gauge.", prometheus::MetricType::Gauge, 2.5, {}},
+            {"duet:test_total", "A test counter.", prometheus::MetricType::Counter, 7,
+             {{"kind", "a"}}}};
+      });
+  (*server)->Register(collector);
+  const std::string text = Scrape(absl::StrCat("127.0.0.1:", (*server)->port()));
+  EXPECT_EQ(Value(text, "duet:test_gauge", {"node=\"n1\"", "role=\"decode\"", "model=\"m\""}),
+            2.5);
+  EXPECT_EQ(Value(text, "duet:test_total", {"kind=\"a\""}), 7);
+  EXPECT_THAT(text, HasSubstr("# TYPE duet:test_total counter"));
+
+  // The same port twice: the second cannot listen.
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> again =
+      metrics::MetricsServer::Start("127.0.0.1", (*server)->port());
+  EXPECT_FALSE(again.ok());
+}
+
+}  // namespace
+}  // namespace duet::cluster_test
