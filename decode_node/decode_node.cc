@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/request_log.h"
 #include "common/base/status.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/status_convert.h"
@@ -230,6 +231,10 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   r->tail_slot = (*slot)[0];
   if (absl::Status s = Insert(r); !s.ok()) return s;  // cannot fail: checked above
 
+  LogRequestEvent(r->id.value(), "reserved",
+                  absl::StrCat("node=", options_.node_id, " reservation=", res->reservation_id,
+                               " blocks=", res->blocks.size(), " prompt_tokens=", n,
+                               " resumed_tokens=", resumed));
   v1::ReserveResponse response;
   response.set_reservation_id(res->reservation_id);
   response.set_lease_expires_unix_ms(

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/request_log.h"
 #include "common/rpc/status_convert.h"
 #include "decode_node/decode_node.h"
 
@@ -131,8 +132,9 @@ bool DecodeNode::RunStep() {
       std::shared_ptr<Request> r = Find(p.id);
       if (r == nullptr) continue;
       // The router resumes it elsewhere (or here): prefill of prompt + output, decode on.
-      spdlog::warn("decode {}: request {} preempted after {} tokens: the KV pool is exhausted",
-                   options_.node_id, p.id.ToString(), p.num_output_tokens);
+      LogRequestEvent(p.id.value(), "preempted",
+                      absl::StrCat("node=", options_.node_id, " tokens=", p.num_output_tokens,
+                                   " reason=kv_pool_exhausted"));
       r->sink->Preempt();
       MarkDone(*r);
     }
@@ -220,6 +222,10 @@ bool DecodeNode::RunStep() {
                           : r->error);
         break;
     }
+    LogRequestEvent(f.id.value(), "finished",
+                    absl::StrCat("node=", options_.node_id, " tokens=",
+                                 r->completion.generated().size(), " reason=",
+                                 std::string(sched::FinishReasonName(f.reason))));
     MarkDone(*r);
   }
   return progressed;

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/request_log.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/status_convert.h"
 #include "decode_node/decode_node.h"
@@ -269,6 +270,9 @@ absl::Status DecodeNode::HandleChunkLocked(PushKvReactor* reactor, const v1::KvC
   if (status.ok()) status = reservations_.Touch(r.reservation_id);
   if (status.ok()) ++num_chunks_accepted_;
   if (status.ok() && r.receiver->complete()) {
+    LogRequestEvent(r.id.value(), "kv_received",
+                    absl::StrCat("node=", options_.node_id, " chunks=",
+                                 r.receiver->chunks_received(), " tokens=", r.num_prompt_tokens));
     status = StartDecoding(r, c);
     if (status.ok()) {
       reactor->response()->set_num_chunks_received(
@@ -308,6 +312,8 @@ absl::Status DecodeNode::StartDecoding(Request& r, const v1::KvChunk& last) {
     (void)blocks_.Release(*blocks);
     (void)tail_slots_.Release(slot);
     r.sink->Finish(node::ToFinishReason(stop));
+    LogRequestEvent(r.id.value(), "finished",
+                    absl::StrCat("node=", options_.node_id, " tokens=1 reason=first_token_stops"));
     MarkDone(r);
     return absl::OkStatus();
   }
@@ -338,8 +344,10 @@ void DecodeNode::DropReserved(Request& r, const absl::Status& status) {
     const int32_t slot[] = {std::exchange(r.tail_slot, -1)};
     (void)tail_slots_.Release(slot);
   }
-  spdlog::debug("decode {}: request {} dropped reservation {}: {}", options_.node_id,
-                r.id.ToString(), r.reservation_id, status.ToString());
+  LogRequestEvent(r.id.value(), "failed",
+                  absl::StrCat("node=", options_.node_id, " reservation=", r.reservation_id,
+                               " status=", absl::StatusCodeToString(status.code()), " reason=\"",
+                               status.message(), "\""));
   r.sink->Fail(status);
   MarkDone(r);
 }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/request_log.h"
 #include "common/base/status.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/channel.h"
@@ -281,9 +282,11 @@ void PrefillNode::OnTransferDone(const RequestId& id, uint64_t serial, KvSender:
     num_tokens_sent_ += static_cast<int64_t>(job.prompt.size());
     transfer_us_ += absl::ToInt64Microseconds(result.done - result.first_write);
     tail_us_ += absl::ToInt64Microseconds(result.done - job.prefill_done_wall);
-    spdlog::debug("prefill {}: request {} done: {} chunks, {} bytes to {}", options_.node_id,
-                  id.ToString(), result.response.num_chunks_received(), result.payload_bytes,
-                  job.request.decode_address());
+    LogRequestEvent(id.value(), "transfer_end",
+                    absl::StrCat("node=", options_.node_id, " chunks=",
+                                 result.response.num_chunks_received(), " bytes=",
+                                 result.payload_bytes, " decode=", job.request.decode_address(),
+                                 " transfer_ms=", Ms(result.done - result.first_write)));
   }
   if (!result.status.ok()) ++num_transfers_failed_;
   FinishJob(job, result.status);
@@ -303,8 +306,10 @@ void PrefillNode::FinishJob(Job& job, const absl::Status& status) {
   if (!status.ok()) {
     if (job.failure.ok()) job.failure = status;
     job.sender->Abort(std::string(status.message()));
-    spdlog::debug("prefill {}: request {} failed: {}", options_.node_id, job.id.ToString(),
-                  status.ToString());
+    LogRequestEvent(job.id.value(), "failed",
+                    absl::StrCat("node=", options_.node_id, " status=",
+                                 absl::StatusCodeToString(status.code()), " reason=\"",
+                                 status.message(), "\""));
   }
   if (job.in_scheduler) {
     // Safe with a plan outstanding: only this node's scheduler allocates blocks, and not before

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/request_log.h"
 #include "common/kv/kv_payload.h"
 #include "prefill_node/prefill_node.h"
 
@@ -60,6 +61,10 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
   if (!job.started) {
     job.started = true;
     job.first_chunk = clock_->Now();
+    LogRequestEvent(job.id.value(), "prefill_start",
+                    absl::StrCat("node=", options_.node_id, " prompt_tokens=", job.prompt.size(),
+                                 " queue_ms=",
+                                 absl::ToDoubleMilliseconds(job.first_chunk - job.arrival)));
   }
   const kv::KvLayout& layout = engine_->kv_layout();
   const int64_t n = static_cast<int64_t>(job.prompt.size());
@@ -96,6 +101,9 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
 
   job.prefill_done = clock_->Now();
   job.prefill_done_wall = absl::Now();
+  LogRequestEvent(job.id.value(), "prefill_end",
+                  absl::StrCat("node=", options_.node_id, " prefill_ms=",
+                               absl::ToDoubleMilliseconds(job.prefill_done - job.first_chunk)));
   if (!job.held_last.has_value()) {
     return absl::InternalError(absl::StrCat("request ", job.id.ToString(),
                                             ": the KV transfer planner never planned its last "

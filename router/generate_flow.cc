@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/base/request_log.h"
 #include "common/base/status.h"
 #include "common/rpc/status_convert.h"
 #include "router/generate_call.h"
@@ -115,10 +116,16 @@ void GenerateCall::Run() {
                 reason, static_cast<int64_t>(resolved_->prompt.size()),
                 relay_.has_value() ? relay_->num_tokens() : 0);
   }
+  const double e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - started_);
   if (status.ok()) {
-    spdlog::debug("{}: done, {} tokens", request_id_, relay_->num_tokens());
+    LogRequestEvent(request_id_, "finished",
+                    absl::StrCat("reason=", FinishReasonLabel(relay_->finish_reason()),
+                                 " tokens=", relay_->num_tokens(), " e2e_ms=", e2e_ms));
   } else {
-    spdlog::info("{}: {}", request_id_, status.ToString());
+    LogRequestEvent(request_id_, "failed",
+                    absl::StrCat("status=", absl::StatusCodeToString(status.code()),
+                                 " tokens=", relay_.has_value() ? relay_->num_tokens() : 0,
+                                 " e2e_ms=", e2e_ms, " reason=\"", status.message(), "\""));
   }
   state_->RemoveInflight(this);
   End(status);
@@ -153,6 +160,11 @@ absl::Status GenerateCall::Execute() {
   DUET_ASSIGN_OR_RETURN(resolved_, ResolveGenerateRequest(request_, model.view(), resolve_options));
   DUET_RETURN_IF_ERROR(state_->TryAdmit());
   queued_ = true;
+  LogRequestEvent(request_id_, "received",
+                  absl::StrCat("prompt_tokens=", resolved_->prompt.size(), " max_tokens=",
+                               resolved_->sampling.max_tokens(),
+                               client_request_id_.empty() ? "" : " client_id=",
+                               client_request_id_));
   relay_.emplace(*model.tokenizer, model.config.vocab_size, resolved_->sampling);
   PickOptions decode_pick;
   PickOptions prefill_pick;
@@ -193,8 +205,9 @@ absl::Status GenerateCall::Execute() {
                                                    "small for the load); giving up"));
       }
       // Resume: prefill the prompt plus everything streamed so far, then decode on.
-      spdlog::info("{}: preempted on {} after {} tokens; resuming", request_id_, NodeName(*decode),
-                   generated_.size());
+      LogRequestEvent(request_id_, "preempted",
+                      absl::StrCat("node=", decode->id.value(), " tokens=", generated_.size(),
+                                   " action=resume"));
       num_resumed_ = static_cast<int64_t>(generated_.size());
       decode_pick.exclude.clear();
       --attempt;
@@ -298,6 +311,9 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
   }
   const std::string& reservation_id = reservation.reservation_id();
   if (RouterMetrics* m = state_->metrics()) m->Assigned(decode.id.value());
+  LogRequestEvent(request_id_, "assigned",
+                  absl::StrCat("decode=", decode.id.value(), " reservation=", reservation.reservation_id(),
+                               " resumed_tokens=", num_resumed_));
   SendHeaderOnce();
 
   // 2. Open the token stream at once (the decode node buffers tokens until it is read).
@@ -340,6 +356,7 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
     request.set_cache_salt(resolved_->cache_salt);
     request.set_model_id(model.id);
     Track(&prefill->context, prefill->node);
+    LogRequestEvent(request_id_, "assigned", absl::StrCat("prefill=", prefill->node.id.value()));
     std::unique_ptr<PrefillService::Stub> prefill_stub = PrefillService::NewStub(*prefill_channel);
     PrefillCall* call = &*prefill;
     prefill_stub->async()->Prefill(
@@ -471,6 +488,8 @@ GenerateCall::Attempt GenerateCall::RunColocated(const NodeAssignment& node) {
   run.set_speculation(resolved_->speculation);
   run.set_model_id(state_->model().id);
   if (RouterMetrics* m = state_->metrics()) m->Assigned(node.id.value());
+  LogRequestEvent(request_id_, "assigned",
+                  absl::StrCat("colocated=", node.id.value(), " resumed_tokens=", num_resumed_));
   SendHeaderOnce();
 
   grpc::ClientContext context;
@@ -535,7 +554,11 @@ grpc::Status GenerateCall::RelayStream(grpc::ClientReaderInterface<TokenEvent>* 
                                delta.token_ids_size());
         }
       }
-      if (first_token_at_ == absl::InfinitePast()) first_token_at_ = now;
+      if (first_token_at_ == absl::InfinitePast()) {
+        first_token_at_ = now;
+        LogRequestEvent(request_id_, "first_token",
+                        absl::StrCat("ttft_ms=", absl::ToDoubleMilliseconds(now - started_)));
+      }
       last_token_at_ = now;
     }
     delta.set_request_id(echoed_id);

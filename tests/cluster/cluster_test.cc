@@ -8,8 +8,11 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -452,6 +455,43 @@ TEST(ClusterTest, ReservationWithoutPrefillIsFreedWhenItsLeaseExpires) {
   }
   EXPECT_EQ(Counter(after, "leases_expired"), 1);
   EXPECT_EQ(after.load().free_kv_blocks(), 96);
+}
+
+// One request can be followed across the processes' logs by its id: every process logs its
+// lifecycle events as "request=<id> event=<name> ...".
+TEST(ClusterTest, RequestLifecycleIsLoggedOnEveryProcess) {
+  const std::string dir = ::testing::TempDir() + "/lifecycle-logs-" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  ClusterSpec spec = CpuSpec(1, 1);
+  spec.log_level = "info";
+  spec.log_dir = dir;
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  const GenerateResult r = cluster::Generate(*stub, TokenRequest(Prompt(24, 8), nodes_test::Greedy(5)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_FALSE(r.request_id.empty());
+  cluster->Stop();
+  auto read = [&dir](const std::string& name) {
+    std::ifstream in(dir + "/" + name + ".log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const std::string id = "request=" + r.request_id + " event=";
+  const std::map<std::string, std::vector<std::string>> expected = {
+      {"router", {"received", "assigned", "first_token", "finished"}},
+      {"prefill-0", {"prefill_start", "prefill_end", "transfer_end"}},
+      {"decode-0", {"reserved", "kv_received", "finished"}},
+  };
+  for (const auto& [process, events] : expected) {
+    const std::string log = read(process);
+    for (const std::string& event : events) {
+      EXPECT_THAT(log, HasSubstr(id + event)) << process << " log:\n" << log;
+    }
+  }
+  EXPECT_THAT(read("router"), HasSubstr(id + "finished reason=length tokens=5"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {

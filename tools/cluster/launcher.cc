@@ -206,8 +206,18 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  int log_fd = -1;
+  if (!spec.log_dir.empty()) {
+    const std::string log_path = absl::StrCat(spec.log_dir, "/", name, ".log");
+    log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (log_fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot write ", log_path, ": ", std::strerror(errno)));
+    }
+  }
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
+    if (log_fd >= 0) close(log_fd);
     return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
   const int num_cpus = static_cast<int>(std::thread::hardware_concurrency());
@@ -216,6 +226,7 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
   if (pid < 0) {
     close(fds[0]);
     close(fds[1]);
+    if (log_fd >= 0) close(log_fd);
     return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   }
   if (pid == 0) {
@@ -233,10 +244,12 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
       sched_setaffinity(0, sizeof(set), &set);
     }
     dup2(fds[1], STDOUT_FILENO);
+    if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
     execv(argv[0], argv.data());
     _exit(127);
   }
   close(fds[1]);
+  if (log_fd >= 0) close(log_fd);
   Child child;
   child.process = {name, role, pid, ""};
   child.stdout_fd = fds[0];

@@ -60,6 +60,8 @@ struct ClusterSpec {
   bool pin_cpus = false;
   // Every process serves Prometheus metrics on a free port (--metrics-port 0).
   bool metrics = false;
+  // Non-empty: each process's stderr (its log) goes to <log_dir>/<name>.log instead of ours.
+  std::string log_dir;
 };
 
 // One started process.
