@@ -494,6 +494,67 @@ TEST(ClusterTest, RequestLifecycleIsLoggedOnEveryProcess) {
   std::filesystem::remove_all(dir);
 }
 
+// A rolling restart of one prefill and one decode node under a steady load: each drains
+// (SIGTERM: no new assignments, in-flight work finishes), exits 0 and comes back; no request
+// fails and every greedy output is the single-process one.
+TEST(ClusterTest, RollingRestartUnderLoadFailsNoRequest) {
+  ClusterSpec spec = CpuSpec(2, 2);
+  spec.decode_args = {"--test-decode-step-delay-ms", "5"};
+  std::unique_ptr<Cluster> cluster = MustStart(spec);
+  ASSERT_NE(cluster, nullptr);
+  auto stub = ClientStub(*cluster);
+  std::atomic<bool> stop{false};
+  std::atomic<int> sent{0};
+  absl::Mutex mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 3; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; !stop.load(); ++i) {
+        const std::vector<int32_t> prompt = Prompt(10 + (i * 7) % 60, 1000 * c + i);
+        const v1::SamplingParams sampling = nodes_test::Greedy(12);
+        GenerateOptions options;
+        options.timeout = absl::Seconds(60);
+        const GenerateResult r =
+            cluster::Generate(*stub, TokenRequest(prompt, sampling), options);
+        ++sent;
+        absl::MutexLock lock(&mu);
+        if (!r.status.ok()) {
+          failures.push_back(r.status.ToString());
+        } else if (r.tokens != SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompt, sampling)) {
+          failures.push_back("wrong tokens");
+        }
+      }
+    });
+  }
+  auto await_sent = [&](int n) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (sent.load() < n && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  };
+  await_sent(6);
+  for (const char* node : {"prefill-1", "decode-1"}) {
+    SCOPED_TRACE(node);
+    cluster::ProcessExit exit;
+    const absl::Status restarted = cluster->RestartNode(node, absl::Seconds(30), &exit);
+    ASSERT_TRUE(restarted.ok()) << restarted;
+    EXPECT_EQ(exit.exit_code, 0) << exit.Describe();
+    await_sent(sent.load() + 6);  // the restarted node takes work again
+  }
+  stop = true;
+  for (std::thread& t : clients) t.join();
+  EXPECT_GE(sent.load(), 18);
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, first: " << failures.front();
+  // Both restarted nodes served requests after coming back.
+  for (const char* node : {"prefill-1", "decode-1"}) {
+    const v1::NodeStatus s = Status(cluster->Find(node)->address);
+    EXPECT_GT(Counter(s, std::string(node).rfind("prefill", 0) == 0 ? "kv_chunks_sent"
+                                                                     : "kv_chunks_accepted"),
+              0)
+        << node;
+  }
+}
+
 TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {
   if (!testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
   ClusterSpec spec = CpuSpec(1, 1);

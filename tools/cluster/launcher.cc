@@ -137,6 +137,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
   // the nodes (children inherit the environment), so a cluster stops in well under a second.
   setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
   std::unique_ptr<Cluster> cluster(new Cluster());
+  cluster->spec_ = spec;
   std::vector<std::string> common = {"--model", spec.model_path, "--log-level", spec.log_level};
   if (spec.metrics) common.insert(common.end(), {"--metrics-port", "0"});
   if (!spec.config_path.empty()) {
@@ -202,6 +203,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
 absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
                              const std::string& role, const std::string& binary,
                              std::vector<std::string> args, int cpu) {
+  const std::vector<std::string> flags = args;
   args.insert(args.begin(), binary);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -251,8 +253,11 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
   close(fds[1]);
   if (log_fd >= 0) close(log_fd);
   Child child;
-  child.process = {name, role, pid, ""};
+  child.process = {name, role, pid, "", ""};
   child.stdout_fd = fds[0];
+  child.binary = binary;
+  child.args = flags;
+  child.cpu = cpu;
   children_.push_back(std::move(child));
   return absl::OkStatus();
 }
@@ -320,7 +325,7 @@ absl::Status Cluster::AwaitReady(const ClusterSpec& spec, absl::Time deadline) {
       if (child.process.role == "router") continue;
       bool live = false;
       for (const v1::NodeInfo& node : nodes.nodes()) {
-        live = live || (node.node_id() == child.process.name && node.live());
+        live = live || (node.node_id() == child.process.name && node.live() && !node.draining());
       }
       if (!live) absl::StrAppend(&missing, missing.empty() ? "" : ", ", child.process.name);
     }
@@ -365,6 +370,27 @@ const ClusterProcess* Cluster::Find(const std::string& name) const {
     if (child.process.name == name) return &child.process;
   }
   return nullptr;
+}
+
+absl::Status Cluster::RestartNode(const std::string& name, absl::Duration grace,
+                                  ProcessExit* old_exit) {
+  size_t index = children_.size();
+  for (size_t i = 0; i < children_.size(); ++i) {
+    if (children_[i].process.name == name) index = i;
+  }
+  if (index == children_.size() || children_[index].process.role == "router") {
+    return absl::NotFoundError(absl::StrCat("no node called '", name, "' in the cluster"));
+  }
+  std::vector<ProcessExit> exits;
+  StopGroup({index}, grace, &exits);
+  if (old_exit != nullptr && !exits.empty()) *old_exit = exits.front();
+  Child old = std::move(children_[index]);
+  if (old.stdout_fd >= 0) close(old.stdout_fd);
+  DUET_RETURN_IF_ERROR(
+      Launch(spec_, old.process.name, old.process.role, old.binary, old.args, old.cpu));
+  children_[index] = std::move(children_.back());
+  children_.pop_back();
+  return AwaitReady(spec_, absl::Now() + spec_.ready_timeout);
 }
 
 absl::Status Cluster::Signal(const std::string& name, int signal) {

@@ -99,6 +99,12 @@ class Cluster {
   // The process called `name`, or nullptr.
   const ClusterProcess* Find(const std::string& name) const;
 
+  // Rolling restart of one node: SIGTERM (it drains: no new work, in-flight work finishes),
+  // waits for it to exit (SIGKILL after `grace`), starts it again with the same flags and node
+  // id, and returns once it is healthy and registered. The exit code of the old process is in
+  // *old_exit. NOT_FOUND for an unknown name; the router cannot be restarted this way.
+  absl::Status RestartNode(const std::string& name, absl::Duration grace, ProcessExit* old_exit);
+
   // Sends `signal` to the process called `name`. NOT_FOUND for an unknown name.
   absl::Status Signal(const std::string& name, int signal);
   // Reaps the process called `name` once it exits (at most `timeout`); nullopt if it is still
@@ -125,7 +131,12 @@ class Cluster {
     ClusterProcess process;
     int stdout_fd = -1;
     bool reaped = false;
+    // How it was started (for RestartNode).
+    std::string binary;
+    std::vector<std::string> args;
+    int cpu = 0;
   };
+  ClusterSpec spec_;
   std::vector<Child> children_;
   std::string router_address_;
 };
