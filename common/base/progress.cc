@@ -22,6 +22,12 @@ ProgressBar::ProgressBar(std::string label, uint64_t total_bytes, bool force)
       total_(total_bytes),
       enabled_(force || (total_bytes >= kMinBytes && ::isatty(STDERR_FILENO))) {}
 
+ProgressBar::ProgressBar(std::string label, uint64_t total, Items items)
+    : label_(std::move(label)),
+      unit_(std::move(items.unit)),
+      total_(total),
+      enabled_(::isatty(STDERR_FILENO) != 0) {}
+
 ProgressBar::~ProgressBar() { Finish(); }
 
 void ProgressBar::Add(uint64_t bytes) {
@@ -48,9 +54,11 @@ void ProgressBar::Draw(bool final) {
   std::string bar(kWidth, ' ');
   for (int i = 0; i < filled; ++i) bar[i] = '=';
   if (filled < kWidth) bar[filled] = '>';
-  std::fprintf(stderr, "\r%s [%s] %3d%% %llu/%llu MB%s", label_.c_str(), bar.c_str(),
-               static_cast<int>(frac * 100), static_cast<unsigned long long>(done_ >> 20),
-               static_cast<unsigned long long>(total_ >> 20), final ? "\n" : "");
+  const int shift = unit_.empty() ? 20 : 0;
+  std::fprintf(stderr, "\r%s [%s] %3d%% %llu/%llu %s%s", label_.c_str(), bar.c_str(),
+               static_cast<int>(frac * 100), static_cast<unsigned long long>(done_ >> shift),
+               static_cast<unsigned long long>(total_ >> shift),
+               unit_.empty() ? "MB" : unit_.c_str(), final ? "\n" : "");
   std::fflush(stderr);
   drawn_ = true;
 }

@@ -15,6 +15,12 @@ class ProgressBar {
   static constexpr uint64_t kMinBytes = 100ull << 20;
 
   ProgressBar(std::string label, uint64_t total_bytes, bool force = false);
+  // Counts items instead of bytes: ProgressBar(label, 50, ProgressBar::Items{"requests"})
+  // draws "label [===>  ] 42% 21/50 requests" whenever stderr is a terminal.
+  struct Items {
+    std::string unit;
+  };
+  ProgressBar(std::string label, uint64_t total, Items items);
   ~ProgressBar();  // Finishes the line if anything was drawn.
 
   void Add(uint64_t bytes);
@@ -24,6 +30,7 @@ class ProgressBar {
   void Draw(bool final);
 
   std::string label_;
+  std::string unit_;  // "" = bytes, shown in MB
   uint64_t total_;
   uint64_t done_ = 0;
   bool enabled_;

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,71 @@ TEST(DuetClusterCliTest, ServesClientsUntilSigterm) {
     cluster.Signal(signal);
     EXPECT_EQ(cluster.Wait(), 0);
   }
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// duet loadgen against a running cluster: Poisson arrivals, a closed loop, a JSONL dataset, an
+// SLO nobody meets (goodput 0), and its usage errors.
+TEST(DuetClusterCliTest, LoadgenReportsLatencyThroughputAndGoodput) {
+  Process cluster(ClusterArgs({"--prefill", "1", "--decode", "1"}));
+  const std::string line = cluster.ReadLine();
+  ASSERT_THAT(line, StartsWith("listening on "));
+  const std::string address = line.substr(std::string("listening on ").size());
+  const std::string json = ::testing::TempDir() + "/loadgen.json";
+
+  Process open_loop({DUET_BINARY, "loadgen", "--addr", address, "--rate", "20,40", "--requests",
+                     "8", "--prompt-len", "8:16", "--output-len", "4", "--json", json});
+  const std::string table = open_loop.ReadAll();
+  EXPECT_EQ(open_loop.Wait(), 0) << table;
+  EXPECT_THAT(table, HasSubstr("goodput: "));
+  const std::string report = ReadText(json);
+  EXPECT_THAT(report, HasSubstr("\"bench\": \"loadgen\""));
+  EXPECT_THAT(report, HasSubstr("\"requests\": 8, \"failed\": 0"));
+  EXPECT_THAT(report, HasSubstr("\"ttft_ms\": {\"mean\": "));
+  EXPECT_THAT(report, HasSubstr("\"goodput_requests_per_s\": "));
+
+  Process closed_loop({DUET_BINARY, "loadgen", "--addr", address, "--concurrency", "2",
+                       "--requests", "6", "--output-len", "3", "--prompt-len", "5"});
+  EXPECT_EQ(closed_loop.Wait(), 0);
+
+  const std::string dataset = ::testing::TempDir() + "/loadgen.jsonl";
+  {
+    std::ofstream out(dataset);
+    out << "{\"prompt\": \"Once upon a time\", \"output_len\": 3}\n\n"
+        << "{\"prompt_len\": 12, \"max_tokens\": 2}\n";
+  }
+  Process from_file({DUET_BINARY, "loadgen", "--addr", address, "--rate", "10", "--requests",
+                     "4", "--dataset", dataset});
+  EXPECT_EQ(from_file.Wait(), 0);
+
+  // An SLO no request can meet: every rate misses, goodput is 0.
+  Process strict({DUET_BINARY, "loadgen", "--addr", address, "--rate", "10", "--goodput",
+                  "--requests", "4", "--output-len", "3", "--prompt-len", "5", "--ttft-slo-ms",
+                  "0.001", "--json", json});
+  const std::string strict_table = strict.ReadAll();
+  EXPECT_EQ(strict.Wait(), 0);
+  EXPECT_THAT(strict_table, HasSubstr("goodput: 0 requests/s"));
+  EXPECT_THAT(ReadText(json), HasSubstr("\"goodput_requests_per_s\": 0"));
+
+  for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+           {"--rate", "1", "--concurrency", "2"},
+           {"--prompt-len", "9:3", "--rate", "1"},
+           {"--rate", "-1"},
+           {"--rate", "1,2", "--goodput"},
+           {"--rate", "1", "--dataset", "/nonexistent.jsonl"}}) {
+    std::vector<std::string> argv = {DUET_BINARY, "loadgen", "--addr", address};
+    argv.insert(argv.end(), bad.begin(), bad.end());
+    Process p(argv);
+    EXPECT_NE(p.Wait(), 0) << bad.front() << " " << bad.back();
+  }
+  cluster.Signal(SIGTERM);
+  EXPECT_EQ(cluster.Wait(), 0);
 }
 
 TEST(DuetClusterCliTest, UsageErrors) {

@@ -20,6 +20,7 @@ int RunKvCalc(const Args& args);
 int RunQuantCalc(const Args& args);
 int RunCluster(const Args& args);
 int RunClient(const Args& args);
+int RunLoadgen(const Args& args);
 // `duet bench --cluster` (cmd_bench_cluster.cc).
 int RunClusterBench(const Args& args);
 

@@ -25,6 +25,7 @@ constexpr Subcommand kSubcommands[] = {
     {"quant-calc", duet::cli::RunQuantCalc, "weight memory across quantization types"},
     {"cluster", duet::cli::RunCluster, "start a local cluster (router + nodes) as processes"},
     {"client", duet::cli::RunClient, "stream a completion from a running cluster"},
+    {"loadgen", duet::cli::RunLoadgen, "load generator: latency percentiles, throughput, goodput"},
 };
 
 void PrintUsage(FILE* out) {

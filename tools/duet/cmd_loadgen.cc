@@ -1,0 +1,424 @@
+// duet loadgen --addr HOST:PORT [--rate R[,R2,...] | --concurrency C] [--requests N]
+//   [--prompt-len N|A:B] [--output-len N|A:B] [--dataset FILE.jsonl] [--ttft-slo-ms X]
+//   [--tpot-slo-ms Y] [--goodput] [--seed S] [--json FILE]
+//
+// Load against any Duet router. Arrivals are open-loop Poisson at --rate requests/s (each
+// request starts on schedule whether or not earlier ones finished), or a closed loop of
+// --concurrency clients. Prompts are random token ids of --prompt-len tokens (a fixed N or a
+// uniform A:B range) with --output-len output tokens (ignore_eos, greedy), or come from a
+// JSONL dataset: one object per line with "prompt" (text) or "prompt_len", and "output_len"
+// (or "max_tokens").
+//
+// Reports per rate: time to first token, inter-token latency, time per output token and
+// end-to-end latency (mean, p50, p90, p99), request and output-token throughput, and SLO
+// attainment: the share of requests whose TTFT <= --ttft-slo-ms and whose time per output
+// token ((e2e - TTFT) / (tokens - 1)) <= --tpot-slo-ms. Goodput (DistServe's definition) is the
+// highest rate with attainment >= 90%: over the --rate list, or with --goodput found by
+// doubling the rate from the first one until attainment drops below 90%, then bisecting twice.
+// A plain-text table on stdout, JSON with --json, a progress bar on stderr.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/base/json.h"
+#include "common/base/progress.h"
+#include "common/rpc/channel.h"
+#include "tools/cluster/generate_client.h"
+#include "tools/duet/cli_util.h"
+#include "tools/duet/latency_stats.h"
+
+namespace duet::cli {
+namespace {
+
+const char kCmd[] = "duet loadgen";
+constexpr double kAttainmentTarget = 0.9;
+
+// A length: fixed N, or uniform in [A, B].
+struct LengthDist {
+  int64_t min = 0, max = 0;
+  int64_t Draw(std::mt19937_64& rng) const {
+    return std::uniform_int_distribution<int64_t>(min, max)(rng);
+  }
+};
+
+absl::StatusOr<LengthDist> ParseLength(const std::string& flag, const std::string& text) {
+  LengthDist d;
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  if (parts.size() == 1 && absl::SimpleAtoi(parts[0], &d.min)) {
+    d.max = d.min;
+  } else if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &d.min) ||
+             !absl::SimpleAtoi(parts[1], &d.max)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be N or A:B (uniform), got '", text, "'"));
+  }
+  if (d.min < 1 || d.max < d.min) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " needs 1 <= A <= B, got '", text, "'"));
+  }
+  return d;
+}
+
+// One request to send.
+struct Item {
+  std::string text;             // non-empty: a text prompt
+  std::vector<int32_t> tokens;  // else: token ids
+  int64_t output_len = 0;
+};
+
+// The value of "key": number or "string" in one JSONL line (a flat object); false if absent.
+bool JsonField(const std::string& line, const std::string& key, std::string* value) {
+  const std::string quoted = absl::StrCat("\"", key, "\"");
+  size_t pos = line.find(quoted);
+  if (pos == std::string::npos) return false;
+  pos = line.find(':', pos + quoted.size());
+  if (pos == std::string::npos) return false;
+  ++pos;
+  while (pos < line.size() && line[pos] == ' ') ++pos;
+  if (pos < line.size() && line[pos] == '"') {
+    std::string out;
+    for (++pos; pos < line.size() && line[pos] != '"'; ++pos) {
+      if (line[pos] == '\\' && pos + 1 < line.size()) {
+        const char c = line[++pos];
+        out.push_back(c == 'n' ? '\n' : c == 't' ? '\t' : c);
+      } else {
+        out.push_back(line[pos]);
+      }
+    }
+    *value = out;
+    return true;
+  }
+  const size_t end = line.find_first_of(",}", pos);
+  *value = line.substr(pos, end - pos);
+  return true;
+}
+
+absl::StatusOr<std::vector<Item>> LoadDataset(const std::string& path, int32_t vocab,
+                                              std::mt19937_64& rng) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--dataset: cannot open ", path));
+  std::vector<Item> items;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Item item;
+    std::string value;
+    const auto where = [&] { return absl::StrCat(path, ":", number, ": "); };
+    if (JsonField(line, "prompt", &value)) {
+      item.text = value;
+    } else if (JsonField(line, "prompt_len", &value)) {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(value, &n) || n < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(where(), "bad prompt_len '", value, "'"));
+      }
+      std::uniform_int_distribution<int32_t> token(3, vocab - 1);
+      for (int64_t i = 0; i < n; ++i) item.tokens.push_back(token(rng));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(where(), "needs \"prompt\" or \"prompt_len\""));
+    }
+    if (!JsonField(line, "output_len", &value) && !JsonField(line, "max_tokens", &value)) {
+      return absl::InvalidArgumentError(absl::StrCat(where(), "needs \"output_len\""));
+    }
+    if (!absl::SimpleAtoi(value, &item.output_len) || item.output_len < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(where(), "bad output_len '", value, "'"));
+    }
+    items.push_back(std::move(item));
+  }
+  if (items.empty()) return absl::InvalidArgumentError(absl::StrCat("--dataset ", path, " is empty"));
+  return items;
+}
+
+v1::GenerateRequest ToRequest(const Item& item) {
+  v1::GenerateRequest r;
+  if (!item.text.empty()) {
+    r.set_text(item.text);
+  } else {
+    for (int32_t t : item.tokens) r.mutable_token_ids()->add_ids(t);
+  }
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_sampling()->set_max_tokens(static_cast<int32_t>(item.output_len));
+  r.mutable_sampling()->set_ignore_eos(true);
+  return r;
+}
+
+struct RunResult {
+  double rate = 0;  // requests/s; 0 = closed loop
+  int64_t concurrency = 0;
+  int64_t requests = 0;
+  int64_t failed = 0;
+  double seconds = 0;
+  Stats ttft_ms, itl_ms, tpot_ms, e2e_ms;
+  double requests_per_s = 0;
+  double output_tokens_per_s = 0;
+  double attainment = 0;  // share of all requests (failed ones count as misses)
+  std::string first_error;
+};
+
+struct Settings {
+  double ttft_slo_ms = 0;
+  double tpot_slo_ms = 0;
+  uint64_t seed = 1;
+};
+
+RunResult RunLoad(v1::Duet::Stub& stub, const std::vector<Item>& items, double rate,
+                  int64_t concurrency, const Settings& settings) {
+  RunResult out;
+  out.rate = rate;
+  out.concurrency = concurrency;
+  out.requests = static_cast<int64_t>(items.size());
+  std::mutex mu;
+  std::vector<double> ttft, itl, tpot, e2e;
+  int64_t met = 0, output_tokens = 0;
+  std::atomic<int64_t> done{0};
+  ProgressBar progress(rate > 0 ? absl::StrCat("rate ", rate, "/s") : absl::StrCat("x", concurrency),
+                       items.size(), ProgressBar::Items{"requests"});
+  auto run_one = [&](const Item& item) {
+    const cluster::GenerateResult r = cluster::Generate(stub, ToRequest(item));
+    std::lock_guard<std::mutex> lock(mu);
+    ++done;
+    progress.Add(1);
+    if (!r.status.ok() || r.tokens.empty()) {
+      ++out.failed;
+      if (out.first_error.empty()) out.first_error = r.status.ToString();
+      return;
+    }
+    output_tokens += static_cast<int64_t>(r.tokens.size());
+    ttft.push_back(r.ttft_ms);
+    e2e.push_back(r.total_ms);
+    for (size_t i = 1; i < r.token_ms.size(); ++i) itl.push_back(r.token_ms[i] - r.token_ms[i - 1]);
+    const double per_token =
+        r.tokens.size() > 1 ? (r.total_ms - r.ttft_ms) / static_cast<double>(r.tokens.size() - 1)
+                            : 0.0;
+    tpot.push_back(per_token);
+    if (r.ttft_ms <= settings.ttft_slo_ms && per_token <= settings.tpot_slo_ms) ++met;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  if (rate > 0) {
+    // Open loop: Poisson arrivals, each request on its own thread at its arrival time.
+    std::mt19937_64 rng(settings.seed * 7919 + static_cast<uint64_t>(rate * 1000));
+    std::exponential_distribution<double> gap(rate);
+    double at = 0;
+    for (const Item& item : items) {
+      std::this_thread::sleep_until(start + std::chrono::duration<double>(at));
+      threads.emplace_back([&run_one, &item] { run_one(item); });
+      at += gap(rng);
+    }
+  } else {
+    std::atomic<size_t> next{0};
+    for (int64_t c = 0; c < concurrency; ++c) {
+      threads.emplace_back([&] {
+        for (size_t i; (i = next.fetch_add(1)) < items.size();) run_one(items[i]);
+      });
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  progress.Finish();
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.ttft_ms = Summarize(ttft);
+  out.itl_ms = Summarize(itl);
+  out.tpot_ms = Summarize(tpot);
+  out.e2e_ms = Summarize(e2e);
+  out.requests_per_s = static_cast<double>(out.requests - out.failed) / out.seconds;
+  out.output_tokens_per_s = static_cast<double>(output_tokens) / out.seconds;
+  out.attainment = static_cast<double>(met) / static_cast<double>(out.requests);
+  return out;
+}
+
+std::string RunJson(const RunResult& r) {
+  return absl::StrCat(
+      "  {\"rate\": ", JsonFloat(static_cast<float>(r.rate)), ", \"concurrency\": ", r.concurrency,
+      ", \"requests\": ", r.requests, ", \"failed\": ", r.failed,
+      ", \"seconds\": ", JsonFloat(static_cast<float>(r.seconds)),
+      ", \"ttft_ms\": ", StatsJson(r.ttft_ms), ", \"itl_ms\": ", StatsJson(r.itl_ms),
+      ", \"tpot_ms\": ", StatsJson(r.tpot_ms), ", \"e2e_ms\": ", StatsJson(r.e2e_ms),
+      ", \"requests_per_s\": ", JsonFloat(static_cast<float>(r.requests_per_s)),
+      ", \"output_tokens_per_s\": ", JsonFloat(static_cast<float>(r.output_tokens_per_s)),
+      ", \"slo_attainment\": ", JsonFloat(static_cast<float>(r.attainment)), "}");
+}
+
+}  // namespace
+
+int RunLoadgen(const Args& args) {
+  std::string address, dataset, json_path, rates_text, prompt_len_text = "128",
+                                                        output_len_text = "32";
+  int64_t concurrency = 0, requests = 32, seed = 1;
+  double ttft_slo_ms = 1000, tpot_slo_ms = 100;
+  bool goodput = false;
+  ArgParser parser(kCmd);
+  parser.AddString("addr", &address, "the router's HOST:PORT", true);
+  parser.AddString("rate", &rates_text,
+                   "Poisson arrival rate(s), requests/s, comma-separated (e.g. 1,2,4)");
+  parser.AddInt("concurrency", &concurrency, "closed loop of C clients instead of --rate");
+  parser.AddInt("requests", &requests, "requests per rate (default 32)");
+  parser.AddString("prompt-len", &prompt_len_text, "prompt tokens: N or A:B (default 128)");
+  parser.AddString("output-len", &output_len_text, "output tokens: N or A:B (default 32)");
+  parser.AddString("dataset", &dataset, "JSONL: {\"prompt\" or \"prompt_len\", \"output_len\"}");
+  parser.AddDouble("ttft-slo-ms", &ttft_slo_ms, "TTFT SLO for goodput, ms (default 1000)");
+  parser.AddDouble("tpot-slo-ms", &tpot_slo_ms,
+                   "time-per-output-token SLO for goodput, ms (default 100)");
+  parser.AddBool("goodput", &goodput,
+                 "search the highest rate meeting the SLOs for 90% of requests, from --rate");
+  parser.AddInt("seed", &seed, "seed of the prompts, lengths and arrivals (default 1)");
+  parser.AddString("json", &json_path, "also write the results as JSON to this file");
+  if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
+
+  std::vector<double> rates;
+  for (absl::string_view r : absl::StrSplit(rates_text, ',', absl::SkipEmpty())) {
+    double v = 0;
+    if (!absl::SimpleAtod(r, &v) || !(v > 0) || v > 1e6) {
+      return UsageError(kCmd, absl::StrCat("--rate values must be > 0, got '", r, "'"));
+    }
+    rates.push_back(v);
+  }
+  if (rates.empty() == (concurrency == 0)) {
+    return UsageError(kCmd, "give exactly one of --rate and --concurrency");
+  }
+  if (concurrency < 0 || concurrency > 4096) {
+    return UsageError(kCmd, absl::StrCat("--concurrency must be in [1, 4096], got ", concurrency));
+  }
+  if (goodput && rates.size() != 1) return UsageError(kCmd, "--goodput needs one starting --rate");
+  if (requests < 1 || requests > 1000000) {
+    return UsageError(kCmd, absl::StrCat("--requests must be >= 1, got ", requests));
+  }
+  if (!(ttft_slo_ms > 0) || !(tpot_slo_ms > 0)) {
+    return UsageError(kCmd, "--ttft-slo-ms and --tpot-slo-ms must be > 0");
+  }
+  absl::StatusOr<LengthDist> prompt_len = ParseLength("prompt-len", prompt_len_text);
+  if (!prompt_len.ok()) return UsageError(kCmd, std::string(prompt_len.status().message()));
+  absl::StatusOr<LengthDist> output_len = ParseLength("output-len", output_len_text);
+  if (!output_len.ok()) return UsageError(kCmd, std::string(output_len.status().message()));
+
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = rpc::CreateChannel(address);
+  if (!channel.ok()) return UsageError(kCmd, absl::StrCat("--addr: ", channel.status().message()));
+  auto stub = v1::Duet::NewStub(*channel);
+  v1::ListModelsResponse models;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status s = stub->ListModels(&context, v1::ListModelsRequest(), &models);
+    if (!s.ok() || models.models().empty()) {
+      return Fail(kCmd, absl::UnavailableError(absl::StrCat(
+                            "cannot list the models at ", address, ": ", s.error_message())));
+    }
+  }
+  const v1::ModelInfo& model = models.models(0);
+
+  std::mt19937_64 rng(static_cast<uint64_t>(seed));
+  std::vector<Item> pool;
+  if (!dataset.empty()) {
+    absl::StatusOr<std::vector<Item>> loaded = LoadDataset(dataset, model.vocab_size(), rng);
+    if (!loaded.ok()) return Fail(kCmd, loaded.status());
+    pool = *std::move(loaded);
+  }
+  // The same requests for every rate (so rates are compared on one workload).
+  std::vector<Item> items;
+  std::uniform_int_distribution<int32_t> token(3, model.vocab_size() - 1);
+  for (int64_t i = 0; i < requests; ++i) {
+    Item item;
+    if (!pool.empty()) {
+      item = pool[static_cast<size_t>(i) % pool.size()];
+    } else {
+      const int64_t n = prompt_len->Draw(rng);
+      for (int64_t t = 0; t < n; ++t) item.tokens.push_back(token(rng));
+      item.output_len = output_len->Draw(rng);
+    }
+    if (item.text.empty() &&
+        static_cast<int64_t>(item.tokens.size()) + item.output_len > model.context_length()) {
+      return UsageError(kCmd, absl::StrCat("a request of ", item.tokens.size(), " + ",
+                                           item.output_len, " tokens exceeds the context length ",
+                                           model.context_length()));
+    }
+    items.push_back(std::move(item));
+  }
+
+  const Settings settings{ttft_slo_ms, tpot_slo_ms, static_cast<uint64_t>(seed)};
+  std::vector<RunResult> runs;
+  auto run = [&](double rate) {
+    runs.push_back(RunLoad(*stub, items, rate, concurrency, settings));
+    const RunResult& r = runs.back();
+    std::fprintf(stderr, "%s: rate %.3g/s: attainment %.0f%%, TTFT p99 %.1f ms, TPOT p99 %.2f ms%s%s\n",
+                 kCmd, r.rate, 100 * r.attainment, r.ttft_ms.p99, r.tpot_ms.p99,
+                 r.failed > 0 ? ", first error: " : "", r.first_error.c_str());
+    return r.attainment >= kAttainmentTarget;
+  };
+  double goodput_rate = 0;
+  if (concurrency > 0) {
+    run(0);
+  } else if (!goodput) {
+    for (double rate : rates) {
+      if (run(rate)) goodput_rate = std::max(goodput_rate, rate);
+    }
+  } else {
+    // Double until the SLOs fail for > 10% of requests, then bisect twice.
+    double good = 0, bad = 0;
+    for (double rate = rates[0]; rate < 1e6; rate *= 2) {
+      if (!run(rate)) {
+        bad = rate;
+        break;
+      }
+      good = rate;
+      if (runs.size() >= 8) break;
+    }
+    for (int i = 0; i < 2 && bad > 0; ++i) {
+      const double mid = good > 0 ? (good + bad) / 2 : bad / 2;
+      if (run(mid)) {
+        good = mid;
+      } else {
+        bad = mid;
+      }
+    }
+    goodput_rate = good;
+  }
+
+  std::printf("%-8s %5s %7s %9s %9s %9s %9s %9s %9s %8s %9s %7s\n", "rate", "conc", "failed",
+              "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tpot_p99", "e2e_p99", "req/s",
+              "out_tok/s", "slo_ok");
+  for (const RunResult& r : runs) {
+    std::printf("%-8.3g %5lld %7lld %9.1f %9.1f %9.2f %9.2f %9.2f %9.1f %8.2f %9.1f %6.0f%%\n",
+                r.rate, static_cast<long long>(r.concurrency), static_cast<long long>(r.failed),
+                r.ttft_ms.p50, r.ttft_ms.p99, r.itl_ms.p50, r.itl_ms.p99, r.tpot_ms.p99,
+                r.e2e_ms.p99, r.requests_per_s, r.output_tokens_per_s, 100 * r.attainment);
+  }
+  if (concurrency == 0) {
+    std::printf("goodput: %.3g requests/s (TTFT <= %g ms and TPOT <= %g ms for >= 90%%)\n",
+                goodput_rate, ttft_slo_ms, tpot_slo_ms);
+  }
+  if (!json_path.empty()) {
+    std::vector<std::string> rows;
+    for (const RunResult& r : runs) rows.push_back(RunJson(r));
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    const std::string json = absl::StrCat(
+        "{\n \"bench\": \"loadgen\",\n \"machine\": {\"host\": ", JsonString(host),
+        ", \"cpus\": ", std::thread::hardware_concurrency(), "},\n \"target\": ",
+        JsonString(address), ",\n \"model\": {\"id\": ", JsonString(model.id()),
+        ", \"architecture\": ", JsonString(model.architecture()), "},\n \"settings\": {",
+        "\"requests\": ", requests, ", \"prompt_len\": ", JsonString(prompt_len_text),
+        ", \"output_len\": ", JsonString(output_len_text), ", \"dataset\": ",
+        JsonString(dataset), ", \"ttft_slo_ms\": ", JsonFloat(static_cast<float>(ttft_slo_ms)),
+        ", \"tpot_slo_ms\": ", JsonFloat(static_cast<float>(tpot_slo_ms)), ", \"seed\": ", seed,
+        "},\n \"runs\": [\n", absl::StrJoin(rows, ",\n"), "\n ],\n \"goodput_requests_per_s\": ",
+        JsonFloat(static_cast<float>(goodput_rate)), "\n}\n");
+    std::ofstream out(json_path, std::ios::binary | std::ios::trunc);
+    out << json;
+    if (!out) return Fail(kCmd, absl::UnavailableError(absl::StrCat("cannot write ", json_path)));
+  }
+  int64_t failed = 0;
+  for (const RunResult& r : runs) failed += r.failed;
+  return failed == 0 ? 0 : kExitRuntimeError;
+}
+
+}  // namespace duet::cli
