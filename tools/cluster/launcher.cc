@@ -155,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
                      {"--host", spec.host, "--port", absl::StrCat(spec.router_port)});
   router_args.insert(router_args.end(), spec.router_args.begin(), spec.router_args.end());
   absl::Status launched =
-      cluster->Launch(spec, "router", "router", *router_bin, router_args, cpu++);
+      cluster->Launch(spec, "router", "router", *router_bin, router_args, /*cpu=*/-1);
   if (launched.ok()) {
     // Nodes need the router's address for --router.
     bool eof = false;
@@ -239,7 +239,7 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (spec.pin_cpus && num_cpus > 0) {
+    if (spec.pin_cpus && num_cpus > 0 && cpu >= 0) {
       cpu_set_t set;
       CPU_ZERO(&set);
       CPU_SET(cpu % num_cpus, &set);

@@ -56,7 +56,8 @@ struct ClusterSpec {
   std::string log_level = "warn";
   // How long startup may take (model loading, Vulkan pipeline builds) before Start() fails.
   absl::Duration ready_timeout = absl::Seconds(120);
-  // Pin process i to CPU i mod (number of CPUs) (taskset-like), for measurements.
+  // Pin node i (in start order: prefill, decode, colocated) to CPU i mod (number of CPUs),
+  // taskset-like, for measurements; the router (light work) is not pinned.
   bool pin_cpus = false;
   // Every process serves Prometheus metrics on a free port (--metrics-port 0).
   bool metrics = false;
