@@ -136,6 +136,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
   // notices the server's GOAWAY only at its backup poll (default every 5 s): poll faster in
   // the nodes (children inherit the environment), so a cluster stops in well under a second.
   setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", /*overwrite=*/0);
+  // A node pinned to one CPU must not run lavapipe's default of one worker thread per CPU:
+  // its threads would take turns on that CPU (start-up alone took > 5 min so, 35 s with one).
+  if (spec.pin_cpus) setenv("LP_NUM_THREADS", "1", /*overwrite=*/0);
   std::unique_ptr<Cluster> cluster(new Cluster());
   cluster->spec_ = spec;
   std::vector<std::string> common = {"--model", spec.model_path, "--log-level", spec.log_level};
