@@ -29,6 +29,8 @@
 #ifndef DUET_DECODE_NODE_DECODE_NODE_H_
 #define DUET_DECODE_NODE_DECODE_NODE_H_
 
+#include <prometheus/histogram.h>
+
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -76,6 +78,8 @@ struct DecodeNodeOptions {
   // Test-only: sleep this long after every decode step, so that tests which kill or cancel
   // mid-stream find a tiny model's requests still streaming.
   absl::Duration test_step_delay = absl::ZeroDuration();
+  // Metrics (null = none; owned by the caller, outlives the node).
+  prometheus::Histogram* decode_batch_size = nullptr;
 };
 
 class DecodeNode final : public v1::DecodeService::CallbackService {

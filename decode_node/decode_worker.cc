@@ -170,6 +170,9 @@ bool DecodeNode::RunStep() {
     }
     absl::Status status;
     if (options_.test_step_delay > absl::ZeroDuration()) absl::SleepFor(options_.test_step_delay);
+    if (options_.decode_batch_size != nullptr) {
+      options_.decode_batch_size->Observe(static_cast<double>(items.size()));
+    }
     if (greedy) {
       absl::StatusOr<std::vector<int32_t>> tokens = engine_->DecodeStepGreedy(items);
       status = tokens.status();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/metrics/metrics.h"
 #include "common/engine/engine.h"
 #include "common/kv/paged_kv.h"
 #include "duet/v1/types.pb.h"
@@ -45,6 +46,8 @@ struct NodeOptions {
   int64_t test_decode_step_delay_ms = 0;    // decode, tests only (DecodeNodeOptions)
   std::string log_level = "info";  // trace|debug|info|warn|error|off
   int64_t metrics_port = -1;       // Prometheus /metrics on host:port; 0 = any free; -1 = off
+  // Set by RunNodeMain when metrics are on: the histograms the node feeds.
+  std::shared_ptr<metrics::NodeHistograms> histograms;
 };
 
 // Parses a node's arguments (without the program name). `role` is the executable's default

@@ -203,6 +203,7 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
         metrics::ProcessLabels{node_id, RoleName(options.role), options.model_id},
         [&hooks] { return NodeSamples(hooks); });
     metrics_server->Register(collector);
+    if (options.histograms != nullptr) metrics_server->Register(options.histograms->registry);
     std::printf("metrics on %s:%d\n", options.host.c_str(), metrics_server->port());
   }
   std::fflush(stdout);
@@ -317,6 +318,10 @@ int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::N
                absl::ToDoubleSeconds(absl::Now() - warm_start));
   const std::string node_id =
       options->node_id.empty() ? DefaultNodeId(options->role) : options->node_id;
+  if (options->metrics_port >= 0) {
+    options->histograms = metrics::NodeHistograms::Create(
+        {node_id, RoleName(options->role), options->model_id});
+  }
   absl::StatusOr<NodeHooks> hooks = create(*options, node_id, *model);
   if (!hooks.ok()) {
     std::fprintf(stderr, "%s: %s\n", program.c_str(), hooks.status().ToString().c_str());

@@ -26,6 +26,10 @@ int main(int argc, char** argv) {
         prefill_options.layers_per_group = options.layers_per_group;
         prefill_options.max_chunk_bytes = options.max_chunk_bytes;
         prefill_options.test_corrupt_kv_chunks = options.test_corrupt_kv_chunks;
+        if (options.histograms != nullptr) {
+          prefill_options.kv_transfer_latency = options.histograms->kv_transfer_latency;
+          prefill_options.prefill_batch_tokens = options.histograms->prefill_batch_tokens;
+        }
         absl::StatusOr<std::unique_ptr<duet::prefill::PrefillNode>> node =
             duet::prefill::PrefillNode::Create(prefill_options, model.engine.get(),
                                                model.tokenizer.get());

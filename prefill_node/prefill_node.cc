@@ -282,6 +282,9 @@ void PrefillNode::OnTransferDone(const RequestId& id, uint64_t serial, KvSender:
     num_tokens_sent_ += static_cast<int64_t>(job.prompt.size());
     transfer_us_ += absl::ToInt64Microseconds(result.done - result.first_write);
     tail_us_ += absl::ToInt64Microseconds(result.done - job.prefill_done_wall);
+    if (options_.kv_transfer_latency != nullptr) {
+      options_.kv_transfer_latency->Observe(absl::ToDoubleSeconds(result.done - result.first_write));
+    }
     LogRequestEvent(id.value(), "transfer_end",
                     absl::StrCat("node=", options_.node_id, " chunks=",
                                  result.response.num_chunks_received(), " bytes=",

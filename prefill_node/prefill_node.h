@@ -22,6 +22,8 @@
 #ifndef DUET_PREFILL_NODE_PREFILL_NODE_H_
 #define DUET_PREFILL_NODE_PREFILL_NODE_H_
 
+#include <prometheus/histogram.h>
+
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -65,6 +67,9 @@ struct PrefillNodeOptions {
   // Test-only fault injection: the payloads of the first this many KvChunks the node sends are
   // corrupted after their checksum was computed (decode nodes must reject them: DATA_LOSS).
   int64_t test_corrupt_kv_chunks = 0;
+  // Metrics (null = none; owned by the caller, outlive the node).
+  prometheus::Histogram* kv_transfer_latency = nullptr;
+  prometheus::Histogram* prefill_batch_tokens = nullptr;
   Clock* clock = nullptr;                                // null = Clock::Real()
 };
 

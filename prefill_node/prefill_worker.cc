@@ -144,6 +144,11 @@ bool PrefillNode::RunStep() {
       jobs.push_back(it == jobs_.end() ? nullptr : it->second);
     }
   }
+  if (options_.prefill_batch_tokens != nullptr && !plan.prefills.empty()) {
+    int64_t tokens = 0;
+    for (const sched::PrefillChunk& c : plan.prefills) tokens += static_cast<int64_t>(c.tokens.size());
+    options_.prefill_batch_tokens->Observe(static_cast<double>(tokens));
+  }
   for (size_t i = 0; i < plan.prefills.size(); ++i) {
     if (jobs[i] == nullptr) continue;
     Job& job = *jobs[i];

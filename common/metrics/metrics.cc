@@ -47,6 +47,26 @@ const std::vector<double>& BatchSizeBuckets() {
   return b;
 }
 
+std::shared_ptr<NodeHistograms> NodeHistograms::Create(const ProcessLabels& labels) {
+  auto h = std::make_shared<NodeHistograms>();
+  h->registry = std::make_shared<prometheus::Registry>();
+  const std::map<std::string, std::string> l = labels.ToMap();
+  auto histogram = [&](const char* name, const char* help, const std::vector<double>& buckets) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(*h->registry).Add(
+        l, prometheus::Histogram::BucketBoundaries(buckets));
+  };
+  h->kv_transfer_latency =
+      histogram("duet:kv_transfer_latency_seconds",
+                "KV transfer time, first chunk sent to the decode node's acknowledgement.",
+                TransferLatencyBuckets());
+  h->prefill_batch_tokens = histogram("duet:prefill_batch_tokens",
+                                      "Prompt tokens computed per prefill step.",
+                                      BatchTokenBuckets());
+  h->decode_batch_size =
+      histogram("duet:decode_batch_size", "Sequences per decode step.", BatchSizeBuckets());
+  return h;
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& host,
                                                                     int port) {
   const std::string address = absl::StrCat(host, ":", port);

@@ -60,6 +60,15 @@ class MetricsServer {
   int port_ = 0;
 };
 
+// The histograms a node observes on its own hot paths (null members: not this node's role).
+struct NodeHistograms {
+  std::shared_ptr<prometheus::Registry> registry;
+  prometheus::Histogram* kv_transfer_latency = nullptr;  // prefill: first chunk sent to ack
+  prometheus::Histogram* prefill_batch_tokens = nullptr;  // prefill: tokens per step
+  prometheus::Histogram* decode_batch_size = nullptr;     // decode: sequences per step
+  static std::shared_ptr<NodeHistograms> Create(const ProcessLabels& labels);
+};
+
 // One sample of a metric computed at scrape time.
 struct Sample {
   std::string name;  // e.g. "duet:kv_cache_usage_perc"

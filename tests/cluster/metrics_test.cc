@@ -121,8 +121,16 @@ TEST(MetricsTest, ClusterSeriesAfterLoad) {
   EXPECT_EQ(Value(decode, "duet:kv_cache_usage_perc", {decode_labels}), 0);
   EXPECT_GE(Value(decode, "duet:kv_transfer_chunks_total", {decode_labels}), kRequests);
   EXPECT_EQ(Value(decode, "duet:kv_checksum_errors_total", {decode_labels}), 0);
+  // Decode steps: one per output token after the first, batched (5 requests x 5 steps).
+  EXPECT_GE(Value(decode, "duet:decode_batch_size_count", {decode_labels}), 5);
+  EXPECT_LE(Value(decode, "duet:decode_batch_size_count", {decode_labels}), kRequests * 5);
+  EXPECT_EQ(Value(decode, "duet:decode_batch_size_sum", {decode_labels}), kRequests * 5);
   const std::string prefill = Scrape((*cluster)->Find("prefill-0")->metrics_address);
   EXPECT_GT(Value(prefill, "duet:kv_transfer_bytes_total", {"role=\"prefill\""}), 0);
+  EXPECT_EQ(Value(prefill, "duet:kv_transfer_latency_seconds_count", {"role=\"prefill\""}),
+            kRequests);
+  EXPECT_EQ(Value(prefill, "duet:prefill_batch_tokens_sum", {"role=\"prefill\""}),
+            20 + 21 + 22 + 23 + 24);
 }
 
 TEST(MetricsTest, ServerOnAnyPortAndBadPort) {
