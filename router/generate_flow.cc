@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "common/base/request_log.h"
 #include "common/base/status.h"
+#include "common/rpc/finish_reason.h"
 #include "common/rpc/status_convert.h"
 #include "router/generate_call.h"
 #include "spdlog/spdlog.h"
@@ -64,22 +65,6 @@ absl::Status NodeLostStatus(const NodeAssignment& node, const std::string& reaso
   return absl::UnavailableError(absl::StrCat(NodeName(node), " was lost: ", reason));
 }
 
-// The finished_reason label of a request that ended normally.
-std::string FinishReasonLabel(duet::v1::FinishReason reason) {
-  switch (reason) {
-    case duet::v1::FINISH_REASON_STOP:
-      return "stop";
-    case duet::v1::FINISH_REASON_LENGTH:
-      return "length";
-    case duet::v1::FINISH_REASON_STOP_STRING:
-      return "stop_string";
-    case duet::v1::FINISH_REASON_CANCELLED:
-      return "cancelled";
-    default:
-      return "error";
-  }
-}
-
 }  // namespace
 
 void GenerateCall::Run() {
@@ -106,7 +91,7 @@ void GenerateCall::Run() {
   }
   if (RouterMetrics* m = state_->metrics(); m != nullptr && resolved_.has_value()) {
     const absl::Time now = absl::Now();
-    std::string reason = status.ok() ? FinishReasonLabel(relay_->finish_reason())
+    std::string reason = status.ok() ? rpc::FinishReasonName(relay_->finish_reason())
                          : status.code() == absl::StatusCode::kCancelled ? "cancelled"
                                                                          : "error";
     m->Finished(absl::ToDoubleSeconds(now - started_),
@@ -119,7 +104,7 @@ void GenerateCall::Run() {
   const double e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - started_);
   if (status.ok()) {
     LogRequestEvent(request_id_, "finished",
-                    absl::StrCat("reason=", FinishReasonLabel(relay_->finish_reason()),
+                    absl::StrCat("reason=", rpc::FinishReasonName(relay_->finish_reason()),
                                  " tokens=", relay_->num_tokens(), " e2e_ms=", e2e_ms));
   } else {
     LogRequestEvent(request_id_, "failed",

@@ -5,14 +5,6 @@
 namespace duet::router {
 namespace {
 
-prometheus::Histogram& MakeHistogram(prometheus::Registry& registry, const std::string& name,
-                                     const std::string& help,
-                                     const std::map<std::string, std::string>& labels,
-                                     const std::vector<double>& buckets) {
-  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(
-      labels, prometheus::Histogram::BucketBoundaries(buckets));
-}
-
 prometheus::Counter& MakeCounter(prometheus::Registry& registry, const std::string& name,
                                  const std::string& help,
                                  const std::map<std::string, std::string>& labels) {
@@ -24,22 +16,22 @@ prometheus::Counter& MakeCounter(prometheus::Registry& registry, const std::stri
 RouterMetrics::RouterMetrics(const metrics::ProcessLabels& labels)
     : registry_(std::make_shared<prometheus::Registry>()),
       labels_(labels.ToMap()),
-      ttft_(MakeHistogram(*registry_, "duet:time_to_first_token_seconds",
+      ttft_(metrics::AddHistogram(*registry_, "duet:time_to_first_token_seconds",
                           "Time from the request's arrival to its first token.", labels_,
                           metrics::TtftBuckets())),
-      itl_(MakeHistogram(*registry_, "duet:inter_token_latency_seconds",
+      itl_(metrics::AddHistogram(*registry_, "duet:inter_token_latency_seconds",
                          "Time between consecutive output tokens of a request.", labels_,
                          metrics::InterTokenBuckets())),
-      e2e_(MakeHistogram(*registry_, "duet:e2e_request_latency_seconds",
+      e2e_(metrics::AddHistogram(*registry_, "duet:e2e_request_latency_seconds",
                          "Time from the request's arrival to its last token.", labels_,
                          metrics::RequestLatencyBuckets())),
-      queue_(MakeHistogram(*registry_, "duet:request_queue_time_seconds",
+      queue_(metrics::AddHistogram(*registry_, "duet:request_queue_time_seconds",
                            "Time from arrival until a decode node reserved the request's KV.",
                            labels_, metrics::RequestLatencyBuckets())),
-      prefill_(MakeHistogram(*registry_, "duet:request_prefill_time_seconds",
+      prefill_(metrics::AddHistogram(*registry_, "duet:request_prefill_time_seconds",
                              "Prefill time as the prefill node measured it.", labels_,
                              metrics::RequestLatencyBuckets())),
-      decode_(MakeHistogram(*registry_, "duet:request_decode_time_seconds",
+      decode_(metrics::AddHistogram(*registry_, "duet:request_decode_time_seconds",
                             "Time from the first token to the last.", labels_,
                             metrics::RequestLatencyBuckets())),
       prompt_tokens_(MakeCounter(*registry_, "duet:prompt_tokens_total",

@@ -47,13 +47,20 @@ const std::vector<double>& BatchSizeBuckets() {
   return b;
 }
 
+prometheus::Histogram& AddHistogram(prometheus::Registry& registry, const std::string& name,
+                                   const std::string& help,
+                                   const std::map<std::string, std::string>& labels,
+                                   const std::vector<double>& buckets) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add(
+      labels, prometheus::Histogram::BucketBoundaries(buckets));
+}
+
 std::shared_ptr<NodeHistograms> NodeHistograms::Create(const ProcessLabels& labels) {
   auto h = std::make_shared<NodeHistograms>();
   h->registry = std::make_shared<prometheus::Registry>();
   const std::map<std::string, std::string> l = labels.ToMap();
   auto histogram = [&](const char* name, const char* help, const std::vector<double>& buckets) {
-    return &prometheus::BuildHistogram().Name(name).Help(help).Register(*h->registry).Add(
-        l, prometheus::Histogram::BucketBoundaries(buckets));
+    return &AddHistogram(*h->registry, name, help, l, buckets);
   };
   h->kv_transfer_latency =
       histogram("duet:kv_transfer_latency_seconds",

@@ -60,6 +60,12 @@ class MetricsServer {
   int port_ = 0;
 };
 
+// Registers a histogram family `name` in `registry` and returns its series with `labels`.
+prometheus::Histogram& AddHistogram(prometheus::Registry& registry, const std::string& name,
+                                   const std::string& help,
+                                   const std::map<std::string, std::string>& labels,
+                                   const std::vector<double>& buckets);
+
 // The histograms a node observes on its own hot paths (null members: not this node's role).
 struct NodeHistograms {
   std::shared_ptr<prometheus::Registry> registry;

@@ -1,22 +1,18 @@
 // Prometheus metrics of a running cluster, scraped over HTTP like Prometheus would: the
 // router's request histograms and counters and every node's KV and transfer series, with the
 // node/role/model labels. Also MetricsServer alone (port 0, bad port).
-#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/channel.h"
+#include "tests/cluster/http_get.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
 #include "tools/cluster/launcher.h"
@@ -25,34 +21,6 @@ namespace duet::cluster_test {
 namespace {
 
 using ::testing::HasSubstr;
-
-// GET http://host:port/metrics (host:port from `address`); "" on failure.
-std::string Scrape(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) return "";
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string request = "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n";
-  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return "";
-  }
-  std::string response;
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
 
 // The value of the series `name{...labels containing every `must` fragment...}`; -1 if absent.
 double Value(const std::string& text, const std::string& name,

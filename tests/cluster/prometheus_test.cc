@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "common/rpc/channel.h"
 #include "tests/base/child_process.h"
+#include "tests/cluster/http_get.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
 #include "tools/cluster/launcher.h"
@@ -45,37 +46,12 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-// HTTP/1.0 GET of `path` on 127.0.0.1:port; the body, or "" when it fails.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return "";
-  }
-  std::string response;
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
 // Polls `query` until the response contains every string of `want` (or 60 s pass).
 std::string AwaitQuery(int port, const std::string& query, const std::vector<std::string>& want) {
   std::string body;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (absl::Now() < deadline) {
-    body = HttpGet(port, absl::StrCat("/api/v1/query?query=", query));
+    body = HttpGet("127.0.0.1", port, absl::StrCat("/api/v1/query?query=", query));
     bool all = !body.empty();
     for (const std::string& w : want) all = all && body.find(w) != std::string::npos;
     if (all) return body;
@@ -119,7 +95,7 @@ TEST(PrometheusTest, ScrapesTtftAndKvUsageOfEveryNode) {
   std::string ready;
   for (int i = 0; i < 240 && ready.find("Ready") == std::string::npos; ++i) {
     absl::SleepFor(absl::Milliseconds(250));
-    ready = HttpGet(port, "/-/ready");
+    ready = HttpGet("127.0.0.1", port, "/-/ready");
   }
   ASSERT_THAT(ready, HasSubstr("Ready"));
 

@@ -1,8 +1,11 @@
 #include "tests/nodes/node_test_util.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <random>
+#include <string>
 #include <utility>
 
 #include "common/kv/kv_payload.h"
@@ -25,7 +28,11 @@ std::shared_ptr<const GgufFile> TestModel() {
 
 std::string TestModelFile() {
   static const std::string path = [] {
-    std::string p = ::testing::TempDir() + "/" + kTestModelFileId + ".gguf";
+    // A directory of this process's own: test processes run in parallel and must not write
+    // the same file (the file name gives the model id, so it stays the same).
+    const std::string dir = ::testing::TempDir() + "/duet-nodes-" + std::to_string(getpid());
+    std::filesystem::create_directories(dir);
+    std::string p = dir + "/" + kTestModelFileId + ".gguf";
     SyntheticModelOptions options;
     options.shape = testing::TinyShape();
     options.shape.name = "tiny-4-layers";

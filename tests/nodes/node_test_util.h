@@ -30,7 +30,7 @@ inline constexpr absl::Duration kWait = absl::Seconds(20);
 // layers, so prefill reports several layer groups; Q8_0 weights. Built once per process.
 std::shared_ptr<const GgufFile> TestModel();
 const Tokenizer& TestTokenizer();
-// TestModel() written to a GGUF file under the test's temp dir (once per process): the same
+// TestModel() written to a GGUF file in a temp directory of this process (once): the same
 // bytes, for node processes. Returns its path.
 std::string TestModelFile();
 // TestModel()'s id as nodes and the router derive it from that file name.

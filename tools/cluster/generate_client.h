@@ -44,9 +44,6 @@ struct GenerateOptions {
 GenerateResult Generate(v1::Duet::Stub& stub, const v1::GenerateRequest& request,
                         const GenerateOptions& options = {});
 
-// "stop", "length", "stop_string", "cancelled", "error", "unspecified".
-const char* FinishReasonName(v1::FinishReason reason);
-
 }  // namespace duet::cluster
 
 #endif  // DUET_TOOLS_CLUSTER_GENERATE_CLIENT_H_

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/rpc/channel.h"
+#include "common/rpc/finish_reason.h"
 #include "tools/cluster/generate_client.h"
 #include "tools/duet/cli_util.h"
 #include "tools/duet/client_flags.h"
@@ -54,7 +55,7 @@ int RunClient(const Args& args) {
   std::fprintf(stderr,
                "[%s: %s, %lld prompt + %lld completion tokens, first token %.1f ms, "
                "%.2f tokens/s after it, %.1f ms in all]\n",
-               result.request_id.c_str(), cluster::FinishReasonName(result.finish_reason),
+               result.request_id.c_str(), rpc::FinishReasonName(result.finish_reason),
                static_cast<long long>(result.usage.prompt_tokens()),
                static_cast<long long>(result.usage.completion_tokens()), result.ttft_ms,
                decode_s > 0 ? static_cast<double>(result.token_ms.size() - 1) / decode_s : 0.0,

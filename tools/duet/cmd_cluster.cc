@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/rpc/channel.h"
+#include "common/rpc/finish_reason.h"
 #include "common/rpc/text_config.h"
 #include "duet/v1/config.pb.h"
 #include "tools/cluster/generate_client.h"
@@ -58,7 +59,7 @@ int RunPrompts(const std::string& address, const ArgParser& parser, const Client
     }
     std::printf("%s%s\n", prompts[i].c_str(), r.text.c_str());
     std::printf("    [%s; %lld prompt + %lld completion tokens; first token %.0f ms; %.0f ms in all]\n",
-                cluster::FinishReasonName(r.finish_reason),
+                rpc::FinishReasonName(r.finish_reason),
                 static_cast<long long>(r.usage.prompt_tokens()),
                 static_cast<long long>(r.usage.completion_tokens()), r.ttft_ms, r.total_ms);
   }
