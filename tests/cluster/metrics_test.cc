@@ -5,10 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/channel.h"
@@ -99,6 +103,25 @@ TEST(MetricsTest, ClusterSeriesAfterLoad) {
             kRequests);
   EXPECT_EQ(Value(prefill, "duet:prefill_batch_tokens_sum", {"role=\"prefill\""}),
             20 + 21 + 22 + 23 + 24);
+
+  // Every series the Grafana dashboard (deploy/) queries is one the cluster exports.
+  std::ifstream in(std::string(DUET_SOURCE_DIR) + "/deploy/grafana/duet-dashboard.json");
+  std::stringstream dashboard;
+  dashboard << in.rdbuf();
+  const std::string exported = router + decode + prefill;
+  const std::regex metric("duet:[a-z0-9_]+");
+  int checked = 0;
+  const std::string text = dashboard.str();
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), metric);
+       it != std::sregex_iterator(); ++it) {
+    std::string name = it->str();
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      if (absl::EndsWith(name, suffix)) name.resize(name.size() - std::string(suffix).size());
+    }
+    EXPECT_THAT(exported, HasSubstr("# TYPE " + name + " ")) << "the dashboard queries " << name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 20);
 }
 
 TEST(MetricsTest, ServerOnAnyPortAndBadPort) {
