@@ -22,6 +22,7 @@
 #include "common/rpc/channel.h"
 #include "duet/v1/duet.grpc.pb.h"
 #include "duet/v1/internal.grpc.pb.h"
+#include "tests/cluster/cluster_test_util.h"
 #include "tests/engine/engine_test_util.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
@@ -64,14 +65,6 @@ std::unique_ptr<v1::Duet::Stub> ClientStub(const Cluster& cluster) {
   return v1::Duet::NewStub(*rpc::CreateChannel(cluster.router_address()));
 }
 
-v1::GenerateRequest TokenRequest(const std::vector<int32_t>& prompt,
-                                 const v1::SamplingParams& sampling) {
-  v1::GenerateRequest request;
-  for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);
-  *request.mutable_sampling() = sampling;
-  return request;
-}
-
 // NodeAdmin.GetStatus of one node process.
 v1::NodeStatus Status(const std::string& address) {
   auto stub = v1::NodeAdmin::NewStub(*rpc::CreateChannel(address));
@@ -105,19 +98,6 @@ int64_t Counter(const v1::NodeStatus& status, const std::string& name) {
   return it == status.counters().end() ? -1 : it->second;
 }
 
-// Runs `requests` concurrently.
-std::vector<GenerateResult> RunConcurrently(v1::Duet::Stub& stub,
-                                            const std::vector<v1::GenerateRequest>& requests) {
-  std::vector<GenerateResult> results(requests.size());
-  std::vector<std::thread> threads;
-  GenerateOptions options;
-  options.timeout = kRequestTimeout;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    threads.emplace_back([&, i] { results[i] = cluster::Generate(stub, requests[i], options); });
-  }
-  for (std::thread& t : threads) t.join();
-  return results;
-}
 
 // The sampling settings of request i: greedy, sampled with top-k, nucleus + min-p, and greedy
 // with repetition penalties, each with its own seed.
@@ -220,36 +200,8 @@ TEST(ClusterTest, KilledDecodeNodeFailsItsStreamsAndOthersComplete) {
 
   // Six long streams, spread over both decode nodes.
   constexpr int kStreams = 6;
-  absl::Mutex mu;
-  int started = 0;
-  std::vector<GenerateResult> streams(kStreams);
-  std::vector<absl::Time> ended(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      GenerateOptions options;
-      options.timeout = absl::Seconds(60);
-      bool counted = false;
-      options.on_message = [&](const v1::GenerateResponse& m) {
-        if (!counted && m.token_ids_size() > 0) {
-          counted = true;
-          absl::MutexLock lock(&mu);
-          ++started;
-        }
-        return true;
-      };
-      streams[i] = cluster::Generate(
-          *stub, TokenRequest(Prompt(20 + i, 50 + static_cast<uint32_t>(i)), nodes_test::Greedy(450)),
-          options);
-      ended[i] = absl::Now();
-    });
-  }
-  {
-    absl::MutexLock lock(&mu);
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
-                                        +[](int* n) { return *n == kStreams; }, &started),
-                                    absl::Seconds(30)));
-  }
+  LongStreams streams(*stub, kStreams, 450);
+  ASSERT_TRUE(streams.AwaitAllStreaming(absl::Seconds(30)));
   ASSERT_TRUE(cluster->Signal("decode-1", SIGKILL).ok());
   const absl::Time killed = absl::Now();
 
@@ -267,21 +219,22 @@ TEST(ClusterTest, KilledDecodeNodeFailsItsStreamsAndOthersComplete) {
     EXPECT_EQ(fresh_results[i].tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, fresh_prompts[i],
                                                nodes_test::Greedy(6)));
   }
-  for (std::thread& t : threads) t.join();
+  streams.Join();
 
   // Streams on decode-1 ended with UNAVAILABLE soon after the kill; the others completed.
   int unavailable = 0, completed = 0;
   for (int i = 0; i < kStreams; ++i) {
     SCOPED_TRACE(absl::StrCat("stream ", i));
-    if (streams[i].status.ok()) {
+    const GenerateResult& stream = streams.results()[i];
+    if (stream.status.ok()) {
       ++completed;
-      EXPECT_EQ(streams[i].tokens.size(), 450u);
+      EXPECT_EQ(stream.tokens.size(), 450u);
       continue;
     }
     ++unavailable;
-    EXPECT_EQ(streams[i].status.code(), absl::StatusCode::kUnavailable) << streams[i].status;
-    EXPECT_LT(ended[i] - killed, absl::Seconds(10));
-    EXPECT_FALSE(streams[i].tokens.empty());
+    EXPECT_EQ(stream.status.code(), absl::StatusCode::kUnavailable) << stream.status;
+    EXPECT_LT(streams.ended()[i] - killed, absl::Seconds(10));
+    EXPECT_FALSE(stream.tokens.empty());
   }
   EXPECT_GE(unavailable, 1);
   EXPECT_GE(completed, 1);

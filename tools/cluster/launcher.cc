@@ -152,13 +152,19 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
     common.push_back(o);
   }
   const absl::Time deadline = absl::Now() + spec.ready_timeout;
+  auto place = [&spec](const std::string& name) {
+    ClusterSpec::Placement p = spec.placement ? spec.placement(name) : ClusterSpec::Placement{};
+    if (p.host.empty()) p.host = spec.host;
+    return p;
+  };
   int cpu = 0;
+  const ClusterSpec::Placement router_place = place("router");
   std::vector<std::string> router_args = common;
   router_args.insert(router_args.end(),
-                     {"--host", spec.host, "--port", absl::StrCat(spec.router_port)});
+                     {"--host", router_place.host, "--port", absl::StrCat(spec.router_port)});
   router_args.insert(router_args.end(), spec.router_args.begin(), spec.router_args.end());
-  absl::Status launched =
-      cluster->Launch(spec, "router", "router", *router_bin, router_args, /*cpu=*/-1);
+  absl::Status launched = cluster->Launch(spec, "router", "router", *router_bin, router_args,
+                                          /*cpu=*/-1, router_place.netns);
   if (launched.ok()) {
     // Nodes need the router's address for --router.
     bool eof = false;
@@ -186,13 +192,15 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
   for (const Group& group : groups) {
     for (int i = 0; launched.ok() && i < group.count; ++i) {
       const std::string name = absl::StrCat(group.role, "-", i);
+      const ClusterSpec::Placement node_place = place(name);
       std::vector<std::string> args = common;
-      args.insert(args.end(), {"--host", spec.host, "--port", "0", "--node-id", name, "--router",
-                               cluster->router_address_});
+      args.insert(args.end(), {"--host", node_place.host, "--port", "0", "--node-id", name,
+                               "--router", cluster->router_address_});
       if (std::string(group.role) == "colocated") args.insert(args.end(), {"--role", "colocated"});
       args.insert(args.end(), spec.node_args.begin(), spec.node_args.end());
       args.insert(args.end(), group.args->begin(), group.args->end());
-      launched = cluster->Launch(spec, name, group.role, *group.binary, args, cpu++);
+      launched =
+          cluster->Launch(spec, name, group.role, *group.binary, args, cpu++, node_place.netns);
     }
   }
   if (launched.ok()) launched = cluster->AwaitReady(spec, deadline);
@@ -205,7 +213,8 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterSpec& spec)
 
 absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
                              const std::string& role, const std::string& binary,
-                             std::vector<std::string> args, int cpu) {
+                             std::vector<std::string> args, int cpu,
+                             const std::string& netns) {
   const std::vector<std::string> flags = args;
   args.insert(args.begin(), binary);
   std::vector<char*> argv;
@@ -220,9 +229,23 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
           absl::StrCat("cannot write ", log_path, ": ", std::strerror(errno)));
     }
   }
+  int netns_fd = -1;
+  if (!netns.empty()) {
+    const std::string netns_path = absl::StrCat("/run/netns/", netns);
+    netns_fd = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (netns_fd < 0) {
+      if (log_fd >= 0) close(log_fd);
+      return absl::NotFoundError(absl::StrCat("cannot open the network namespace ", netns_path,
+                                              " for ", name, ": ", std::strerror(errno)));
+    }
+  }
+  auto close_files = [&] {
+    if (log_fd >= 0) close(log_fd);
+    if (netns_fd >= 0) close(netns_fd);
+  };
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
-    if (log_fd >= 0) close(log_fd);
+    close_files();
     return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
   const int num_cpus = static_cast<int>(std::thread::hardware_concurrency());
@@ -231,7 +254,7 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
   if (pid < 0) {
     close(fds[0]);
     close(fds[1]);
-    if (log_fd >= 0) close(log_fd);
+    close_files();
     return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   }
   if (pid == 0) {
@@ -248,19 +271,22 @@ absl::Status Cluster::Launch(const ClusterSpec& spec, const std::string& name,
       CPU_SET(cpu % num_cpus, &set);
       sched_setaffinity(0, sizeof(set), &set);
     }
+    // The child is single-threaded, so setns moves the whole process to the namespace.
+    if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) != 0) _exit(125);
     dup2(fds[1], STDOUT_FILENO);
     if (log_fd >= 0) dup2(log_fd, STDERR_FILENO);
     execv(argv[0], argv.data());
     _exit(127);
   }
   close(fds[1]);
-  if (log_fd >= 0) close(log_fd);
+  close_files();
   Child child;
   child.process = {name, role, pid, "", ""};
   child.stdout_fd = fds[0];
   child.binary = binary;
   child.args = flags;
   child.cpu = cpu;
+  child.netns = netns;
   children_.push_back(std::move(child));
   return absl::OkStatus();
 }
@@ -390,7 +416,7 @@ absl::Status Cluster::RestartNode(const std::string& name, absl::Duration grace,
   Child old = std::move(children_[index]);
   if (old.stdout_fd >= 0) close(old.stdout_fd);
   DUET_RETURN_IF_ERROR(
-      Launch(spec_, old.process.name, old.process.role, old.binary, old.args, old.cpu));
+      Launch(spec_, old.process.name, old.process.role, old.binary, old.args, old.cpu, old.netns));
   children_[index] = std::move(children_.back());
   children_.pop_back();
   return AwaitReady(spec_, absl::Now() + spec_.ready_timeout);

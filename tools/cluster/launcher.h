@@ -20,6 +20,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +64,16 @@ struct ClusterSpec {
   bool metrics = false;
   // Non-empty: each process's stderr (its log) goes to <log_dir>/<name>.log instead of ours.
   std::string log_dir;
+  // Where each process runs, for tests that give every process its own "host": a network
+  // namespace (a name under /run/netns, as `ip netns add` makes them; "" = the launcher's) and
+  // the address it listens on and peers dial ("" = `host`). Called once per process name
+  // ("router", "prefill-0", ...); unset = every process here, on `host`. The launcher itself
+  // must be able to reach every such address (health checks, the router's node list).
+  struct Placement {
+    std::string netns;
+    std::string host;
+  };
+  std::function<Placement(const std::string& name)> placement;
 };
 
 // One started process.
@@ -121,7 +132,8 @@ class Cluster {
  private:
   Cluster() = default;
   absl::Status Launch(const ClusterSpec& spec, const std::string& name, const std::string& role,
-                      const std::string& binary, std::vector<std::string> args, int cpu);
+                      const std::string& binary, std::vector<std::string> args, int cpu,
+                      const std::string& netns);
   absl::Status AwaitReady(const ClusterSpec& spec, absl::Time deadline);
   struct Child;
   absl::Status ReadMetricsLine(Child& child, absl::Time deadline);
@@ -136,6 +148,7 @@ class Cluster {
     std::string binary;
     std::vector<std::string> args;
     int cpu = 0;
+    std::string netns;
   };
   ClusterSpec spec_;
   std::vector<Child> children_;
