@@ -9,11 +9,13 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
 #include "common/base/ids.h"
+#include "common/kv/block_hash.h"
 
 namespace duet::sched {
 
@@ -44,6 +46,9 @@ struct RequestSpec {
   int64_t max_tokens = 1;
   // Lower runs first and is preempted last; ties go by arrival order at this scheduler (FCFS).
   int64_t priority = 0;
+  // Prefix-cache namespace (GenerateRequest.cache_salt); used when the scheduler caches
+  // prefixes (SchedulerConfig::enable_prefix_caching).
+  std::string cache_salt;
 };
 
 enum class RequestState { kWaiting, kRunning };
@@ -66,6 +71,14 @@ struct Request {
   int32_t tail_slot = -1;            // held while running; -1 while waiting
   RequestState state = RequestState::kWaiting;
   int64_t num_preemptions = 0;
+  // Prefix caching: the hashes of the full blocks of `tokens` known so far
+  // (kv::HashBlocks, extended as tokens are appended), how many leading blocks of the table
+  // are registered in the pool's cache, and the prompt positions the last admission found
+  // cached (not recomputed).
+  std::string cache_salt;
+  std::vector<kv::BlockHash> block_hashes;
+  int64_t num_cached_blocks = 0;
+  int64_t num_prefix_hit_tokens = 0;
   absl::Time arrival_time;
   std::optional<absl::Time> first_scheduled_time;
   // Tokens in the plan being built by Schedule() (0: not in it); step_decode tells its kind.

@@ -171,8 +171,48 @@ std::unique_ptr<Request> Scheduler::NewRequest(RequestSpec spec) {
   r->tokens.insert(r->tokens.end(), spec.output.begin(), spec.output.end());
   r->max_tokens = spec.max_tokens;
   r->prefill_end = r->num_tokens();
+  r->cache_salt = std::move(spec.cache_salt);
   r->arrival_time = clock_->Now();
+  ExtendHashes(r.get());
   return r;
+}
+
+void Scheduler::ExtendHashes(Request* r) const {
+  if (!config_.enable_prefix_caching) return;
+  const int64_t bs = config_.block_size;
+  for (int64_t i = static_cast<int64_t>(r->block_hashes.size()); (i + 1) * bs <= r->num_tokens();
+       ++i) {
+    const kv::BlockHash parent = i == 0 ? kv::kRootParent : r->block_hashes.back();
+    r->block_hashes.push_back(kv::HashBlock(
+        parent, config_.model_id, r->cache_salt,
+        absl::MakeConstSpan(r->tokens).subspan(static_cast<size_t>(i * bs),
+                                               static_cast<size_t>(bs))));
+  }
+}
+
+void Scheduler::CacheComputedBlocks(Request* r) {
+  if (!config_.enable_prefix_caching) return;
+  const int64_t full = std::min({r->num_computed / config_.block_size,
+                                 static_cast<int64_t>(r->block_hashes.size()), r->num_blocks()});
+  for (int64_t i = r->num_cached_blocks; i < full; ++i) {
+    // False when another block holds the same KV already: this one stays private.
+    blocks_->CacheBlock(r->block_table[static_cast<size_t>(i)],
+                        r->block_hashes[static_cast<size_t>(i)]);
+  }
+  r->num_cached_blocks = std::max(r->num_cached_blocks, full);
+}
+
+Scheduler::PrefixHit Scheduler::LookupPrefix(Request* r) const {
+  PrefixHit hit;
+  if (!config_.enable_prefix_caching || r->num_computed != 0) return hit;
+  // The last prefill position always runs (it gives the logits to sample from).
+  const int64_t limit = std::min(static_cast<int64_t>(r->block_hashes.size()),
+                                 (r->prefill_end - 1) / config_.block_size);
+  const absl::Span<const kv::BlockHash> hashes =
+      absl::MakeConstSpan(r->block_hashes).subspan(0, static_cast<size_t>(std::max<int64_t>(limit, 0)));
+  hit.blocks = blocks_->LookupPrefix(hashes);
+  hit.evictable = blocks_->CountEvictable(hashes, hit.blocks);
+  return hit;
 }
 
 absl::Status Scheduler::AddRequest(RequestSpec spec) {
@@ -255,6 +295,7 @@ absl::Status Scheduler::AddRunning(RequestSpec spec, std::vector<int32_t> blocks
   r->block_table = std::move(blocks);
   r->tail_slot = tail_slot;
   r->state = RequestState::kRunning;
+  CacheComputedBlocks(r.get());
   Request* raw = r.get();
   requests_.emplace(raw->id, std::move(r));
   InsertSorted(&running_, raw);
@@ -280,6 +321,7 @@ absl::Status Scheduler::Abort(const RequestId& id) {
 void Scheduler::ReleaseKv(Request* r) {
   CheckOrDie(blocks_->Release(r->block_table).ok(), "KV block released behind the scheduler");
   r->block_table.clear();
+  r->num_cached_blocks = 0;
   if (r->tail_slot >= 0) {
     const int32_t slot[] = {r->tail_slot};
     CheckOrDie(tail_slots_->Release(slot).ok(), "tail slot released behind the scheduler");
@@ -437,16 +479,28 @@ void Scheduler::AdmitWaiting(Step* step) {
   while (!waiting_.empty() && step->budget > 0 && num_running() < config_.max_num_seqs) {
     Request* r = waiting_.front();
     if (!tail_slots_->CanAllocate(1)) break;
+    // A cached prefix is taken as is; its evictable blocks stop counting as free.
+    const PrefixHit hit = LookupPrefix(r);
+    const int64_t free_after = blocks_->num_free() - hit.evictable;
     if (!config_.enable_preemption &&
-        blocks_->num_free() - OutstandingReserve() < WorstCaseBlocks(*r)) {
+        free_after - OutstandingReserve() < WorstCaseBlocks(*r) - hit.blocks) {
       break;
     }
-    const int64_t n = std::min({r->prefill_end - r->num_computed, config_.max_prefill_chunk_tokens,
-                                step->budget, Fit(*r)});
+    const int64_t start = hit.blocks * config_.block_size;
+    const int64_t n = std::min({r->prefill_end - start, config_.max_prefill_chunk_tokens,
+                                step->budget, free_after * config_.block_size});
     if (n < 1) break;
     absl::StatusOr<std::vector<int32_t>> slot = tail_slots_->Allocate(1);
     CheckOrDie(slot.ok(), "tail slot allocation failed after CanAllocate");
     r->tail_slot = (*slot)[0];
+    if (config_.enable_prefix_caching) {
+      r->block_table = blocks_->AcquirePrefix(r->block_hashes, hit.blocks);
+      r->num_computed = start;
+      r->num_cached_blocks = hit.blocks;
+      r->num_prefix_hit_tokens = start;
+      prefix_stats_.queried_tokens += r->prefill_end;
+      prefix_stats_.hit_tokens += start;
+    }
     waiting_.erase(waiting_.begin());
     r->state = RequestState::kRunning;
     InsertSorted(&running_, r);
@@ -537,11 +591,13 @@ absl::Status Scheduler::UpdateFromOutput(const StepResult& result) {
     Request* r = Find(item.id);
     if (r == nullptr || r->serial != item.serial) continue;
     r->num_computed += item.num_tokens;
+    CacheComputedBlocks(r);
     auto it = outputs.find(item.id);
     const RequestOutput* o = it == outputs.end() ? nullptr : it->second;
     FinishReason reason = o == nullptr ? FinishReason::kNone : o->finish;
     if (o != nullptr && o->token.has_value()) {
       r->tokens.push_back(*o->token);
+      ExtendHashes(r);
       if (reason == FinishReason::kNone && r->num_output_tokens() >= r->max_tokens) {
         reason = FinishReason::kLength;
       }
@@ -564,17 +620,18 @@ int64_t Scheduler::num_pending_prefill_tokens() const {
   return pending;
 }
 
-int64_t Scheduler::num_blocks_held() const {
-  int64_t held = 0;
-  for (const Request* r : running_) held += r->num_blocks();
-  return held;
+int64_t Scheduler::num_block_refs() const {
+  int64_t refs = 0;
+  for (const Request* r : running_) refs += r->num_blocks();
+  return refs;
 }
 
 std::optional<RequestInfo> Scheduler::Info(const RequestId& id) const {
   const Request* r = Find(id);
   if (r == nullptr) return std::nullopt;
   return RequestInfo{r->state,        r->num_tokens(), r->num_prompt_tokens, r->num_output_tokens(),
-                     r->num_computed, r->num_blocks(), r->tail_slot,         r->num_preemptions};
+                     r->num_computed, r->num_blocks(), r->tail_slot,         r->num_preemptions,
+                     r->num_prefix_hit_tokens};
 }
 
 absl::Status Scheduler::CheckInvariants() const {
@@ -613,7 +670,10 @@ absl::Status Scheduler::CheckInvariants() const {
       if (b < 0 || b >= blocks_->num_blocks() || blocks_->ref_count(b) == 0) {
         return fail(*r, absl::StrCat("holds block ", b, " that the pool does not"));
       }
-      if (!blocks_seen.insert(b).second) return fail(*r, absl::StrCat("shares block ", b));
+      // Only cached blocks (a shared prefix) may be in two tables.
+      if (!blocks_seen.insert(b).second && !blocks_->is_cached(b)) {
+        return fail(*r, absl::StrCat("shares block ", b, ", which is not a cached prefix block"));
+      }
     }
     if (r->tail_slot < 0 || r->tail_slot >= tail_slots_->num_blocks() ||
         tail_slots_->ref_count(r->tail_slot) == 0 || !slots_seen.insert(r->tail_slot).second) {

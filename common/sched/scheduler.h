@@ -75,6 +75,13 @@ struct SchedulerConfig {
   // FP8 tail slots (the engine's EngineOptions::max_sequences): one per running sequence.
   int64_t max_sequences = 64;
   bool enable_preemption = true;
+  // Prefix caching (vLLM's automatic prefix caching): the scheduler hashes each request's full
+  // blocks (kv/block_hash.h, with model_id and the request's cache_salt), registers every
+  // block whose KV is computed in the pool's cache, and on admission reuses the longest cached
+  // prefix of the prompt -- at most all but its last token, which must run to give logits --
+  // so only the rest is prefilled. Off: no hashing, nothing cached.
+  bool enable_prefix_caching = false;
+  std::string model_id;
 
   // INVALID_ARGUMENT naming the field when a size is not positive or max_num_batched_tokens <
   // max_num_seqs.
@@ -91,6 +98,14 @@ struct RequestInfo {
   int64_t num_blocks = 0;
   int32_t tail_slot = -1;
   int64_t num_preemptions = 0;
+  // Prompt positions its last admission took from the prefix cache.
+  int64_t num_prefix_hit_tokens = 0;
+};
+
+// Prefix-cache totals over admissions (vLLM's prefix_cache_queries / prefix_cache_hits).
+struct PrefixCacheStats {
+  int64_t queried_tokens = 0;  // prompt positions of admitted requests looked up
+  int64_t hit_tokens = 0;      // of them, found cached (not recomputed)
 };
 
 class Scheduler {
@@ -154,11 +169,12 @@ class Scheduler {
   int64_t num_pending_prefill_tokens() const;
   int64_t num_free_blocks() const { return blocks_->num_free(); }
   int64_t num_free_tail_slots() const { return tail_slots_->num_free(); }
-  // Blocks referenced by the scheduler's requests: equals the pool's num_used() when nothing
-  // else holds blocks.
-  int64_t num_blocks_held() const;
+  // References the scheduler's requests hold on blocks (a block shared by two tables, a cached
+  // prefix, counts twice): the sum of the pool's ref counts when nothing else holds blocks.
+  int64_t num_block_refs() const;
   // Preemptions since construction (requeued and reported to the router).
   int64_t num_preemptions() const { return num_preemptions_; }
+  const PrefixCacheStats& prefix_cache_stats() const { return prefix_stats_; }
   const kv::BlockPool& tail_slot_pool() const { return *tail_slots_; }
   // nullopt for an id not in the scheduler.
   std::optional<RequestInfo> Info(const RequestId& id) const;
@@ -200,6 +216,15 @@ class Scheduler {
   void Unschedule(Request* r, Step* step);
   void Preempt(Request* victim, Step* step);
   void ReleaseKv(Request* r);
+  // Prefix caching: hashes r's newly full blocks; registers its computed full blocks.
+  void ExtendHashes(Request* r) const;
+  void CacheComputedBlocks(Request* r);
+  // Cached leading blocks r may reuse at admission and how many of them are evictable now.
+  struct PrefixHit {
+    int64_t blocks = 0;
+    int64_t evictable = 0;
+  };
+  PrefixHit LookupPrefix(Request* r) const;
   // Releases r's KV, records it as finished and destroys it.
   void Finish(Request* r, FinishReason reason, std::string detail);
 
@@ -214,6 +239,7 @@ class Scheduler {
   std::vector<Request*> waiting_;  // sorted by Request::Precedes
   uint64_t next_serial_ = 0;
   int64_t num_preemptions_ = 0;
+  PrefixCacheStats prefix_stats_;
 
   bool step_open_ = false;
   std::vector<PlanItem> plan_;  // the outstanding plan's items, in plan order

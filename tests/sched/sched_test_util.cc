@@ -32,6 +32,12 @@ int32_t FakeToken(const RequestId& id, int64_t pos) {
   return static_cast<int32_t>(Mix(HashId(id) ^ Mix(static_cast<uint64_t>(pos))) % 32000);
 }
 
+int64_t TotalRefs(const kv::BlockPool& pool) {
+  int64_t refs = 0;
+  for (int32_t b = 0; b < pool.num_blocks(); ++b) refs += pool.ref_count(b);
+  return refs;
+}
+
 std::vector<int32_t> FakePrompt(const RequestId& id, int64_t len) {
   std::vector<int32_t> prompt;
   for (int64_t p = 0; p < len; ++p) {
@@ -68,7 +74,10 @@ std::string CheckPlan(const SchedulerConfig& config, const SchedulerOutput& plan
       if (b < 0 || b >= blocks.num_blocks() || blocks.ref_count(b) == 0) {
         return absl::StrCat(name, ": block ", b, " is not held");
       }
-      if (!used_blocks.insert(b).second) return absl::StrCat(name, ": block ", b, " shared");
+      // Only cached prefix blocks may be shared.
+      if (!used_blocks.insert(b).second && !blocks.is_cached(b)) {
+        return absl::StrCat(name, ": block ", b, " shared");
+      }
     }
     if (slot < 0 || slot >= tail_slots.num_blocks() || tail_slots.ref_count(slot) == 0 ||
         !used_slots.insert(slot).second) {
@@ -106,6 +115,14 @@ absl::Status Harness::Add(const std::string& id, int64_t prompt_len, int64_t max
                           int64_t priority) {
   RequestSpec spec{.id = RequestId(id), .max_tokens = max_tokens, .priority = priority};
   spec.prompt = FakePrompt(spec.id, prompt_len);
+  prompts_[spec.id] = spec.prompt;
+  return sched_.AddRequest(std::move(spec));
+}
+
+absl::Status Harness::AddPrompt(const std::string& id, std::vector<int32_t> prompt,
+                                int64_t max_tokens, const std::string& cache_salt) {
+  RequestSpec spec{.id = RequestId(id), .max_tokens = max_tokens, .cache_salt = cache_salt};
+  spec.prompt = std::move(prompt);
   prompts_[spec.id] = spec.prompt;
   return sched_.AddRequest(std::move(spec));
 }
@@ -204,8 +221,8 @@ SchedulerOutput Harness::Step() {
   }
   EXPECT_TRUE(sched_.CheckInvariants().ok()) << sched_.CheckInvariants();
   if (check_pool_accounting) {
-    EXPECT_EQ(blocks_.num_used(),
-              sched_.num_blocks_held() + static_cast<int64_t>(retained_blocks_.size()));
+    EXPECT_EQ(TotalRefs(blocks_),
+              sched_.num_block_refs() + static_cast<int64_t>(retained_blocks_.size()));
     EXPECT_EQ(tail_slots_.num_used(),
               sched_.num_running() + static_cast<int64_t>(retained_slots_.size()));
   }

@@ -23,6 +23,8 @@ namespace duet::sched::testing {
 int32_t FakeToken(const RequestId& id, int64_t pos);
 // A prompt of `len` tokens for `id`.
 std::vector<int32_t> FakePrompt(const RequestId& id, int64_t len);
+// The sum of the pool's reference counts.
+int64_t TotalRefs(const kv::BlockPool& pool);
 
 // Checks one plan against the config and the pools: token counts and budgets, chunk sizes,
 // every item's table covering its positions with held blocks, no block or tail slot shared
@@ -41,6 +43,9 @@ class Harness {
   // AddRequest with FakePrompt(id, prompt_len).
   absl::Status Add(const std::string& id, int64_t prompt_len, int64_t max_tokens,
                    int64_t priority = 0);
+  // AddRequest with the given prompt and cache salt.
+  absl::Status AddPrompt(const std::string& id, std::vector<int32_t> prompt, int64_t max_tokens,
+                         const std::string& cache_salt = "");
   // DECODE role, like a reservation plus a finished KV transfer: allocates blocks for the KV of
   // FakePrompt(id, prompt_len) and AddRunning with output = {the first token}. On error the
   // blocks go back to the pool.

@@ -276,7 +276,7 @@ TEST(SchedulerTest, AbortsWaitingPrefillingDecodingAndInFlightRequests) {
               absl::StatusCode::kNotFound);  // no double free
   }
   EXPECT_EQ(h.sched().Abort(RequestId("never")).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(h.blocks().num_used(), h.sched().num_blocks_held());
+  EXPECT_EQ(testing::TotalRefs(h.blocks()), h.sched().num_block_refs());
   EXPECT_EQ(h.sched().num_running(), 1);
   // Aborted between Schedule and UpdateFromOutput: its output is ignored.
   SchedulerOutput plan = h.sched().Schedule();
