@@ -11,6 +11,7 @@
 #include "common/kv/kv_payload.h"
 #include "common/rpc/status_convert.h"
 #include "node/node_options.h"
+#include "node/prefix_cache_counters.h"
 
 namespace duet::decode {
 namespace {
@@ -24,6 +25,9 @@ sched::SchedulerConfig SchedulerConfigFor(const DecodeNodeOptions& o, const Engi
   c.block_size = engine.kv_layout().block_size;
   c.max_sequences = o.max_num_seqs;
   c.enable_preemption = true;
+  // Decode nodes get KV from prefill nodes and never look a prefix up; colocated nodes do.
+  c.enable_prefix_caching = o.enable_prefix_caching && o.role == sched::Role::kColocated;
+  c.model_id = o.model_id;
   return c;
 }
 
@@ -189,6 +193,7 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   r->id = RequestId(request.request_id());
   r->num_prompt_tokens = n;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
+  r->cache_salt = request.cache_salt();
   if (resumed > 0) {
     DUET_RETURN_IF_ERROR(r->completion.Resume(
         absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed))));
@@ -384,6 +389,7 @@ grpc::ServerWriteReactor<v1::TokenEvent>* DecodeNode::Run(grpc::CallbackServerCo
   r->phase = Phase::kRunning;
   r->stream_opened = true;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
+  r->cache_salt = request->cache_salt();
   if (resumed > 0) {
     if (absl::Status s = r->completion.Resume(
             absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed)));
@@ -406,6 +412,7 @@ grpc::ServerWriteReactor<v1::TokenEvent>* DecodeNode::Run(grpc::CallbackServerCo
     spec.id = r->id;
     spec.prompt = r->prompt;
     spec.max_tokens = r->completion.sampling().max_tokens;
+    spec.cache_salt = r->cache_salt;
     if (absl::Status s = scheduler_.AddRequest(std::move(spec)); !s.ok()) {
       r->sink->Fail(s);
       r->phase = Phase::kDone;
@@ -491,6 +498,9 @@ void DecodeNode::AddCounters(google::protobuf::Map<std::string, int64_t>* counte
   (*counters)["kv_checksum_errors"] = num_checksum_errors_;
   (*counters)["leases_expired"] = num_leases_expired_;
   (*counters)["preemptions"] = scheduler_.num_preemptions();
+  if (options_.role == sched::Role::kColocated) {
+    node::AddPrefixCacheCounters(scheduler_, blocks_, counters);
+  }
 }
 
 DecodeNode::Snapshot DecodeNode::SnapshotLocked() const {

@@ -69,6 +69,8 @@ struct DecodeNodeOptions {
   int64_t max_num_seqs = 64;
   int64_t max_num_batched_tokens = 2048;
   int64_t prefill_chunk_tokens = 512;
+  // Colocated role: prefix caching as on prefill nodes (PrefillNodeOptions).
+  bool enable_prefix_caching = true;
   // A request that finished (or failed) before its StreamTokens opened keeps its result this
   // long.
   absl::Duration unclaimed_retention = absl::Seconds(60);
@@ -241,6 +243,8 @@ struct DecodeNode::Request {
   int32_t tail_slot = -1;       // held by the request while kReserved
   bool transfer_started = false;
   bool stream_opened = false;                        // StreamTokens (or Run) attached to the sink
+  bool prefill_started = false;                      // Run: its first prefill chunk ran
+  std::string cache_salt;                            // Run: RunRequest.cache_salt
   std::unique_ptr<kv::KvTransferReceiver> receiver;  // from the first chunk on
   std::shared_ptr<node::TokenSink> sink;
   absl::Time done_at;           // when it became kDone

@@ -148,6 +148,9 @@ bool DecodeNode::RunStep() {
   for (size_t i = 0; i < plan.prefills.size(); ++i) {
     const sched::PrefillChunk& c = plan.prefills[i];
     Request& r = *prefilling[i];
+    // The admission chunk of a prompt whose prefix was cached starts past it.
+    if (c.num_cached > 0 && !r.prefill_started) r.sink->set_cached_prompt_tokens(c.num_cached);
+    r.prefill_started = true;
     absl::StatusOr<std::vector<float>> logits =
         engine_->Prefill(SequenceRef{c.block_table, c.num_cached, c.tail_slot}, c.tokens);
     if (!logits.ok()) {

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
         decode_options.max_num_seqs = options.max_num_seqs;
         decode_options.max_num_batched_tokens = options.max_num_batched_tokens;
         decode_options.prefill_chunk_tokens = options.prefill_chunk_tokens;
+        decode_options.enable_prefix_caching = options.enable_prefix_caching;
         decode_options.test_step_delay = absl::Milliseconds(options.test_decode_step_delay_ms);
         if (options.histograms != nullptr) {
           decode_options.decode_batch_size = options.histograms->decode_batch_size;

@@ -85,7 +85,7 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
                                              std::string* usage) {
   NodeOptions o;
   o.role = role;
-  std::string config_path, role_name, kv_dtype;
+  std::string config_path, role_name, kv_dtype, prefix_caching;
   std::vector<std::string> overrides;
   int64_t port = 0, kv_pool_mb = 0;
   ArgParser parser(program);
@@ -115,6 +115,8 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   parser.AddInt("prefill-chunk-tokens", &o.prefill_chunk_tokens,
                 "longest prefill chunk (default 512)");
   parser.AddInt("heartbeat-ms", &o.heartbeat_interval_ms, "heartbeat period (default 1000)");
+  parser.AddString("prefix-caching", &prefix_caching,
+                   "on (default) or off: reuse cached KV of shared prompt prefixes");
   parser.AddInt("layers-per-group", &o.layers_per_group,
                 "prefill: layers between KV sends (default: a quarter of the layers)");
   parser.AddInt("max-chunk-bytes", &o.max_chunk_bytes, "prefill: KvChunk payload budget");
@@ -172,6 +174,14 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
     o.prefill_chunk_tokens = sched.prefill_chunk_tokens();
   }
   if (!parser.WasSet("heartbeat-ms")) o.heartbeat_interval_ms = config.heartbeat_interval_ms();
+  if (!parser.WasSet("prefix-caching")) {
+    o.enable_prefix_caching = sched.enable_prefix_caching();
+  } else if (prefix_caching == "on" || prefix_caching == "off") {
+    o.enable_prefix_caching = prefix_caching == "on";
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefix-caching '", prefix_caching, "' is not one of: on, off"));
+  }
   DUET_RETURN_IF_ERROR(CheckPositive("--block-size", o.block_size));
   DUET_RETURN_IF_ERROR(CheckPositive("--max-num-seqs", o.max_num_seqs));
   DUET_RETURN_IF_ERROR(CheckPositive("--max-batched-tokens", o.max_num_batched_tokens));

@@ -42,6 +42,7 @@ struct NodeOptions {
   // payload budget of one KvChunk.
   int64_t layers_per_group = 0;
   int64_t max_chunk_bytes = int64_t{4} << 20;
+  bool enable_prefix_caching = true;       // prefill and colocated nodes
   int64_t test_corrupt_kv_chunks = 0;       // prefill, tests only (PrefillNodeOptions)
   int64_t test_decode_step_delay_ms = 0;    // decode, tests only (DecodeNodeOptions)
   std::string log_level = "info";  // trace|debug|info|warn|error|off

@@ -139,11 +139,31 @@ std::vector<metrics::Sample> NodeSamples(const NodeHooks& hooks) {
       {"kv_checksum_errors", "duet:kv_checksum_errors_total", "KV chunks with a bad checksum."},
       {"leases_expired", "duet:kv_leases_expired_total", "Reservations freed by their lease."},
       {"preemptions", "duet:num_preemptions_total", "Sequences preempted (KV pool full)."},
+      {"prefix_cache_queried_tokens", "duet:prefix_cache_queries_total",
+       "Prompt tokens looked up in the prefix cache."},
+      {"prefix_cache_hit_tokens", "duet:prefix_cache_hits_total",
+       "Prompt tokens found in the prefix cache (not recomputed)."},
+      {"prefix_cache_evictions", "duet:prefix_cache_evictions_total",
+       "Cached KV blocks evicted to make room."},
   };
   for (const Mapping& m : kMappings) {
     auto it = counters.find(m.counter);
     if (it == counters.end()) continue;
     samples.push_back({m.metric, m.help, MetricType::Counter, static_cast<double>(it->second), {}});
+  }
+  if (auto it = counters.find("prefix_cache_blocks"); it != counters.end()) {
+    samples.push_back({"duet:prefix_cache_blocks", "KV blocks in the prefix cache (in use or evictable).",
+                       MetricType::Gauge, static_cast<double>(it->second), {}});
+    const auto queries = counters.find("prefix_cache_queried_tokens");
+    const auto hits = counters.find("prefix_cache_hit_tokens");
+    if (queries != counters.end() && hits != counters.end()) {
+      const double rate = queries->second > 0 ? static_cast<double>(hits->second) /
+                                                    static_cast<double>(queries->second)
+                                              : 0.0;
+      samples.push_back({"duet:prefix_cache_hit_rate",
+                         "Prefix cache hits over queries, in tokens, since the node started.",
+                         MetricType::Gauge, rate, {}});
+    }
   }
   return samples;
 }

@@ -19,6 +19,11 @@ class FailedReactor : public grpc::ServerWriteReactor<v1::TokenEvent> {
 TokenSink::TokenSink(int64_t num_prompt_tokens, int64_t cached_prompt_tokens)
     : num_prompt_tokens_(num_prompt_tokens), cached_prompt_tokens_(cached_prompt_tokens) {}
 
+void TokenSink::set_cached_prompt_tokens(int64_t n) {
+  absl::MutexLock lock(&mu_);
+  cached_prompt_tokens_ = n;
+}
+
 void TokenSink::AddTokens(absl::Span<const int32_t> tokens,
                           absl::Span<const v1::TokenLogprobs> logprobs) {
   Action action;

@@ -55,6 +55,8 @@ class TokenSink {
   // A reactor was ever attached (StreamTokens opened).
   bool attached() const;
   int64_t num_tokens() const;
+  // A colocated node learns at admission how much of the prompt its prefix cache held.
+  void set_cached_prompt_tokens(int64_t n);
 
  private:
   friend class TokenStreamReactor;
@@ -74,8 +76,8 @@ class TokenSink {
   void AddUsage(v1::TokenEvent* event) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int64_t num_prompt_tokens_;
-  const int64_t cached_prompt_tokens_;
   mutable absl::Mutex mu_;
+  int64_t cached_prompt_tokens_ ABSL_GUARDED_BY(mu_);
   TokenStreamReactor* reactor_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool attached_ ABSL_GUARDED_BY(mu_) = false;
   v1::TokenEvent pending_ ABSL_GUARDED_BY(mu_);  // not yet written

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
         prefill_options.layers_per_group = options.layers_per_group;
         prefill_options.max_chunk_bytes = options.max_chunk_bytes;
         prefill_options.test_corrupt_kv_chunks = options.test_corrupt_kv_chunks;
+        prefill_options.enable_prefix_caching = options.enable_prefix_caching;
         if (options.histograms != nullptr) {
           prefill_options.kv_transfer_latency = options.histograms->kv_transfer_latency;
           prefill_options.prefill_batch_tokens = options.histograms->prefill_batch_tokens;

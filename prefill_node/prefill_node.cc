@@ -15,6 +15,7 @@
 #include "common/rpc/channel.h"
 #include "common/rpc/status_convert.h"
 #include "node/node_options.h"
+#include "node/prefix_cache_counters.h"
 
 namespace duet::prefill {
 namespace {
@@ -30,6 +31,8 @@ sched::SchedulerConfig SchedulerConfigFor(const PrefillNodeOptions& o, const Eng
   // No preemption: a prompt is admitted only when all of it fits, so KV already sent is never
   // recomputed.
   c.enable_preemption = false;
+  c.enable_prefix_caching = o.enable_prefix_caching;
+  c.model_id = o.model_id;
   return c;
 }
 
@@ -228,6 +231,7 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
     spec.id = job->id;
     spec.prompt = job->prompt;
     spec.max_tokens = 1;
+    spec.cache_salt = job->request.cache_salt();
     if (absl::Status s = scheduler_.AddRequest(std::move(spec)); !s.ok()) {
       job->in_scheduler = false;
       FinishJob(*job, s);
@@ -303,6 +307,8 @@ void PrefillNode::AddCounters(google::protobuf::Map<std::string, int64_t>* count
   (*counters)["kv_tokens_sent"] = num_tokens_sent_.load();
   (*counters)["kv_transfer_us"] = transfer_us_.load();
   (*counters)["kv_transfer_tail_us"] = tail_us_.load();
+  absl::MutexLock lock(&mu_);
+  node::AddPrefixCacheCounters(scheduler_, blocks_, counters);
 }
 
 void PrefillNode::FinishJob(Job& job, const absl::Status& status) {

@@ -18,7 +18,9 @@
 // sender's status (UNAVAILABLE / ABORTED naming the decode node). The router cancelling Prefill
 // aborts the transfer (abort chunk + cancelled PushKv) and frees the blocks at once.
 //
-// Not yet: the prefix cache (cache_salt is ignored; cached_prompt_tokens is 0).
+// Prefix caching: the scheduler reuses the longest cached prefix of a prompt (kv/block_hash.h,
+// PrefillNodeOptions::enable_prefix_caching); its KV is exported from the cache and sent first,
+// before the first chunk computes, and the response's cached_prompt_tokens counts it.
 #ifndef DUET_PREFILL_NODE_PREFILL_NODE_H_
 #define DUET_PREFILL_NODE_PREFILL_NODE_H_
 
@@ -67,6 +69,10 @@ struct PrefillNodeOptions {
   // Test-only fault injection: the payloads of the first this many KvChunks the node sends are
   // corrupted after their checksum was computed (decode nodes must reject them: DATA_LOSS).
   int64_t test_corrupt_kv_chunks = 0;
+  // Prefix caching (sched::SchedulerConfig::enable_prefix_caching, hashing with model_id and
+  // the request's cache_salt): a prompt reuses this node's cached KV of its longest cached
+  // prefix, which is sent to the decode node as it is, and only the rest is prefilled.
+  bool enable_prefix_caching = true;
   // Metrics (null = none; owned by the caller, outlive the node).
   prometheus::Histogram* kv_transfer_latency = nullptr;
   prometheus::Histogram* prefill_batch_tokens = nullptr;
@@ -197,6 +203,7 @@ struct PrefillNode::Job {
   absl::Status failure;       // why it stopped (the RPC's status)
   // Worker only:
   std::optional<kv::ChunkRect> held_last;  // the `last` rectangle, sent with the first token
+  int64_t cached_tokens = 0;               // prompt positions taken from the prefix cache
   std::vector<uint8_t> held_payload;
   absl::Time arrival, first_chunk, prefill_done;
   absl::Time prefill_done_wall;  // absl::Now(), comparable with KvSender::Result times

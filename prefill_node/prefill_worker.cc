@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/request_log.h"
+#include "common/base/status.h"
 #include "common/kv/kv_payload.h"
 #include "prefill_node/prefill_node.h"
 
@@ -58,29 +59,23 @@ v1::KvChunk PrefillNode::MakeChunk(const Job& job, const kv::ChunkRect& rect,
 
 absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
   if (job.sender->failed()) return absl::AbortedError("the KV transfer stopped");
+  const bool admission_chunk = !job.started;
   if (!job.started) {
     job.started = true;
     job.first_chunk = clock_->Now();
     LogRequestEvent(job.id.value(), "prefill_start",
                     absl::StrCat("node=", options_.node_id, " prompt_tokens=", job.prompt.size(),
+                                 " cached_tokens=", chunk.num_cached,
                                  " queue_ms=",
                                  absl::ToDoubleMilliseconds(job.first_chunk - job.arrival)));
   }
   const kv::KvLayout& layout = engine_->kv_layout();
   const int64_t n = static_cast<int64_t>(job.prompt.size());
   const SequenceRef seq{chunk.block_table, chunk.num_cached, chunk.tail_slot};
-  PrefillObserver observer;
-  observer.layers_per_group = layers_per_group_;
-  observer.on_layers_done = [&](const PrefillProgress& p) -> absl::Status {
-    if (job.sender->failed()) return absl::AbortedError("the KV transfer stopped");
-    // A chunk ending inside a block leaves that block for a later chunk (or the prompt's end).
-    const int64_t tokens = std::min(p.num_tokens, n);
-    const int32_t ready_blocks =
-        tokens >= n ? job.planner.num_blocks() : static_cast<int32_t>(tokens / layout.block_size);
-    absl::StatusOr<std::vector<kv::ChunkRect>> rects =
-        job.planner.OnBlocksReady(static_cast<int32_t>(p.layers_done), ready_blocks);
-    if (!rects.ok()) return rects.status();
-    for (const kv::ChunkRect& rect : *rects) {
+  // Export `rects` of the KV of positions [0, tokens) and hand them to the sender; the `last`
+  // rectangle is held for the first token.
+  auto send = [&](const std::vector<kv::ChunkRect>& rects, int64_t tokens) -> absl::Status {
+    for (const kv::ChunkRect& rect : rects) {
       absl::StatusOr<std::vector<uint8_t>> payload = engine_->ExportKv(
           seq, tokens,
           kv::KvRect{rect.layer_begin, rect.layer_end, rect.block_begin, rect.block_end});
@@ -93,6 +88,29 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
       }
     }
     return absl::OkStatus();
+  };
+  if (admission_chunk && chunk.num_cached > 0) {
+    // The admission chunk starts after a cached prefix (full blocks, final in every layer):
+    // send that KV now, while the chunk computes the rest.
+    job.cached_tokens = chunk.num_cached;
+    absl::StatusOr<std::vector<kv::ChunkRect>> rects = job.planner.OnBlocksReady(
+        static_cast<int32_t>(layout.num_layers),
+        static_cast<int32_t>(chunk.num_cached / layout.block_size));
+    if (!rects.ok()) return rects.status();
+    DUET_RETURN_IF_ERROR(send(*rects, chunk.num_cached));
+  }
+  PrefillObserver observer;
+  observer.layers_per_group = layers_per_group_;
+  observer.on_layers_done = [&](const PrefillProgress& p) -> absl::Status {
+    if (job.sender->failed()) return absl::AbortedError("the KV transfer stopped");
+    // A chunk ending inside a block leaves that block for a later chunk (or the prompt's end).
+    const int64_t tokens = std::min(p.num_tokens, n);
+    const int32_t ready_blocks =
+        tokens >= n ? job.planner.num_blocks() : static_cast<int32_t>(tokens / layout.block_size);
+    absl::StatusOr<std::vector<kv::ChunkRect>> rects =
+        job.planner.OnBlocksReady(static_cast<int32_t>(p.layers_done), ready_blocks);
+    if (!rects.ok()) return rects.status();
+    return send(*rects, tokens);
   };
   absl::StatusOr<std::vector<float>> logits =
       engine_->Prefill(seq, chunk.tokens, /*all_logits=*/false, &observer);
@@ -122,7 +140,7 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
         *job.response->mutable_first_token_logprobs() = last.first_token_logprobs();
       }
       job.response->set_num_prompt_tokens(n);
-      job.response->set_cached_prompt_tokens(0);
+      job.response->set_cached_prompt_tokens(job.cached_tokens);
       job.response->set_queue_ms(absl::ToDoubleMilliseconds(job.first_chunk - job.arrival));
       job.response->set_prefill_ms(absl::ToDoubleMilliseconds(job.prefill_done - job.first_chunk));
     }

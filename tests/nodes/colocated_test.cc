@@ -261,5 +261,29 @@ TEST(DecodeNodePreemptionTest, BadResumeCountsAreRefused) {
   EXPECT_TRUE(AwaitDecodeIdle(*decode));
 }
 
+// A conversation on a colocated node: turn 2 (turn 1's prompt and reply plus a new message)
+// reuses the cached KV of turn 1's prompt and generated tokens; outputs equal cache-off runs.
+TEST(ColocatedNodeTest, NextTurnReusesTheCachedConversation) {
+  std::unique_ptr<DecodeHarness> node = StartDecode(Colocated(64));
+  ASSERT_NE(node, nullptr);
+  const std::vector<int32_t> turn1 = Prompt(30, 77);
+  const v1::SamplingParams sampling = Greedy(12);
+  const StreamResult r1 = TokenStreamCall::Run(*node->stub, RunFor("t1", turn1, sampling))->ReadAll();
+  ASSERT_TRUE(r1.status.ok()) << r1.status.error_message();
+  EXPECT_EQ(r1.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, turn1, sampling));
+  EXPECT_EQ(r1.usage.cached_prompt_tokens(), 0);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), r1.tokens.begin(), r1.tokens.end());
+  const std::vector<int32_t> message = Prompt(9, 78);
+  turn2.insert(turn2.end(), message.begin(), message.end());
+  const StreamResult r2 = TokenStreamCall::Run(*node->stub, RunFor("t2", turn2, sampling))->ReadAll();
+  ASSERT_TRUE(r2.status.ok()) << r2.status.error_message();
+  EXPECT_EQ(r2.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, turn2, sampling));
+  // Turn 1 ran 30 + 11 positions: 2 full blocks of 16 are cached and reused.
+  EXPECT_EQ(r2.usage.cached_prompt_tokens(), 32);
+  EXPECT_EQ(r2.usage.prompt_tokens(), static_cast<int64_t>(turn2.size()));
+  EXPECT_TRUE(AwaitDecodeIdle(*node));
+}
+
 }  // namespace
 }  // namespace duet::nodes_test

@@ -245,7 +245,8 @@ grpc::Status CallPrefill(v1::PrefillService::Stub& stub, const v1::PrefillReques
 
 ClusterResult RunDisaggregated(DecodeHarness& decode, PrefillHarness& prefill,
                                const std::string& request_id, const std::vector<int32_t>& prompt,
-                               const v1::SamplingParams& sampling) {
+                               const v1::SamplingParams& sampling,
+                               const std::string& cache_salt) {
   ClusterResult result;
   v1::ReserveResponse reservation;
   result.reserve =
@@ -253,9 +254,10 @@ ClusterResult RunDisaggregated(DecodeHarness& decode, PrefillHarness& prefill,
   if (!result.reserve.ok()) return result;
   std::unique_ptr<TokenStreamCall> stream =
       TokenStreamCall::StreamTokens(*decode.stub, request_id, reservation.reservation_id());
-  result.prefill = CallPrefill(
-      *prefill.stub, PrefillFor(request_id, prompt, sampling, decode.address, reservation),
-      &result.prefill_response);
+  v1::PrefillRequest request =
+      PrefillFor(request_id, prompt, sampling, decode.address, reservation);
+  request.set_cache_salt(cache_salt);
+  result.prefill = CallPrefill(*prefill.stub, request, &result.prefill_response);
   result.stream = stream->ReadAll();
   return result;
 }

@@ -142,7 +142,8 @@ struct ClusterResult {
 };
 ClusterResult RunDisaggregated(DecodeHarness& decode, PrefillHarness& prefill,
                                const std::string& request_id, const std::vector<int32_t>& prompt,
-                               const v1::SamplingParams& sampling);
+                               const v1::SamplingParams& sampling,
+                               const std::string& cache_salt = "");
 
 // A decode node is back to empty: every block and tail slot free, no reservation or request.
 bool AwaitDecodeIdle(DecodeHarness& decode);
