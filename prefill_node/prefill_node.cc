@@ -320,12 +320,15 @@ void PrefillNode::FinishJob(Job& job, const absl::Status& status) {
                                  absl::StatusCodeToString(status.code()), " reason=\"",
                                  status.message(), "\""));
   }
-  if (job.in_scheduler) {
+  if (job.in_scheduler && !status.ok()) {
     // Safe with a plan outstanding: only this node's scheduler allocates blocks, and not before
     // the current step ends; UpdateFromOutput ignores the aborted item.
     (void)scheduler_.Abort(job.id);
     job.in_scheduler = false;
   }
+  // A transfer that succeeded can be acknowledged before the worker's UpdateFromOutput for the
+  // prompt's last chunk: the request then leaves the scheduler there (kPrefillDone), which
+  // registers its last blocks in the prefix cache, rather than by an abort that would drop them.
   if (job.reactor != nullptr) {
     std::exchange(job.reactor, nullptr)->Finish(rpc::ToGrpcStatus(status));
     job.response = nullptr;
