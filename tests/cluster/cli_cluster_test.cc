@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/base/child_process.h"
@@ -26,6 +27,15 @@ std::vector<std::string> ClusterArgs(std::vector<std::string> extra) {
                                    "--kv-dtype",  "f32",     "--log-level", "error"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
+}
+
+// The HOST:PORT of `cluster`'s first line, "listening on HOST:PORT"; "" (and a test failure)
+// when the line says anything else.
+std::string ListeningAddress(Process& cluster) {
+  const std::string line = cluster.ReadLine();
+  EXPECT_THAT(line, StartsWith("listening on "));
+  return line.rfind("listening on ", 0) == 0 ? line.substr(std::string("listening on ").size())
+                                             : "";
 }
 
 TEST(DuetClusterCliTest, PromptModeServesAndStops) {
@@ -47,9 +57,8 @@ TEST(DuetClusterCliTest, ServesClientsUntilSigterm) {
   for (int signal : {SIGTERM, SIGINT}) {
     SCOPED_TRACE(signal);
     Process cluster(ClusterArgs({"--prefill", "1", "--decode", "1"}));
-    const std::string line = cluster.ReadLine();
-    ASSERT_THAT(line, StartsWith("listening on "));
-    const std::string address = line.substr(std::string("listening on ").size());
+    const std::string address = ListeningAddress(cluster);
+    ASSERT_FALSE(address.empty());
 
     Process client({DUET_BINARY, "client", "--addr", address, "--prompt", "Hello", "-n", "7",
                     "--temperature", "0", "--ignore-eos"});
@@ -76,9 +85,8 @@ std::string ReadText(const std::string& path) {
 // SLO nobody meets (goodput 0), and its usage errors.
 TEST(DuetClusterCliTest, LoadgenReportsLatencyThroughputAndGoodput) {
   Process cluster(ClusterArgs({"--prefill", "1", "--decode", "1"}));
-  const std::string line = cluster.ReadLine();
-  ASSERT_THAT(line, StartsWith("listening on "));
-  const std::string address = line.substr(std::string("listening on ").size());
+  const std::string address = ListeningAddress(cluster);
+  ASSERT_FALSE(address.empty());
   const std::string json = ::testing::TempDir() + "/loadgen.json";
 
   Process open_loop({DUET_BINARY, "loadgen", "--addr", address, "--rate", "20,40", "--requests",
@@ -128,6 +136,109 @@ TEST(DuetClusterCliTest, LoadgenReportsLatencyThroughputAndGoodput) {
   }
   cluster.Signal(SIGTERM);
   EXPECT_EQ(cluster.Wait(), 0);
+}
+
+// The number after the first `"key": ` at or after `from` in a JSON report; -1 if absent.
+double JsonNumber(const std::string& json, const std::string& key, size_t from = 0) {
+  const std::string quoted = "\"" + key + "\": ";
+  const size_t at = json.find(quoted, from);
+  return at == std::string::npos ? -1 : std::stod(json.substr(at + quoted.size()));
+}
+
+// Prefix-sharing conversations: 4 conversations of 2 turns over 2 shared prefixes of 10 tokens,
+// each turn adding a 6-token suffix and generating 3. Turn 1's prompts are 10 + 6 tokens, turn
+// 2's 16 + 3 + 6. Whether anything is cached depends on the nodes' prefix cache, so the test
+// only bounds the cached totals.
+TEST(DuetClusterCliTest, LoadgenSharedPrefixesAndTurns) {
+  Process cluster(ClusterArgs({"--prefill", "1", "--decode", "1"}));
+  const std::string address = ListeningAddress(cluster);
+  ASSERT_FALSE(address.empty());
+  const std::string json = ::testing::TempDir() + "/loadgen_prefix.json";
+
+  Process loadgen(
+      {DUET_BINARY,           "loadgen",  "--addr",         address, "--rate",       "20",
+       "--requests",          "4",        "--prompt-len",   "6",     "--output-len", "3",
+       "--shared-prefix-len", "10",       "--num-prefixes", "2",     "--turns",      "2",
+       "--cache-salt",        "tenant-a", "--json",         json});
+  const std::string table = loadgen.ReadAll();
+  ASSERT_EQ(loadgen.Wait(), 0) << table;
+  EXPECT_THAT(table, HasSubstr("cache_hit"));
+  EXPECT_THAT(table, HasSubstr("ttft_mean"));
+  EXPECT_THAT(table, HasSubstr("  turn 2: ttft_mean "));
+  EXPECT_THAT(table, HasSubstr("goodput: "));
+
+  const std::string report = ReadText(json);
+  EXPECT_THAT(report, HasSubstr("\"shared_prefix_len\": 10, \"num_prefixes\": 2, \"turns\": 2, "
+                                "\"cache_salt\": \"tenant-a\""));
+  EXPECT_THAT(report, HasSubstr("\"conversations\": 4, \"requests\": 8, \"failed\": 0"));
+  EXPECT_THAT(report, HasSubstr("\"ttft_ms\": {\"mean\": "));
+
+  const size_t turn1 = report.find("{\"turn\": 1, ");
+  const size_t turn2 = report.find("{\"turn\": 2, ");
+  ASSERT_NE(turn1, std::string::npos) << report;
+  ASSERT_NE(turn2, std::string::npos) << report;
+  EXPECT_EQ(JsonNumber(report, "completed", turn1), 4);
+  EXPECT_EQ(JsonNumber(report, "completed", turn2), 4);
+  const double turn1_prompt = JsonNumber(report, "prompt_tokens", turn1);
+  const double turn2_prompt = JsonNumber(report, "prompt_tokens", turn2);
+  EXPECT_EQ(turn1_prompt, 4 * (10 + 6));
+  EXPECT_EQ(turn2_prompt, 4 * (10 + 6 + 3 + 6));
+  EXPECT_GT(turn2_prompt, turn1_prompt);
+  EXPECT_EQ(JsonNumber(report, "prompt_tokens"), turn1_prompt + turn2_prompt);
+
+  // Run totals come before "per_turn"; every turn has its own.
+  for (const size_t from : {size_t{0}, turn1, turn2}) {
+    const double prompt = JsonNumber(report, "prompt_tokens", from);
+    const double cached = JsonNumber(report, "cached_prompt_tokens", from);
+    const double hit_rate = JsonNumber(report, "prefix_cache_hit_rate", from);
+    EXPECT_GE(cached, 0) << from;
+    EXPECT_LE(cached, prompt) << from;
+    EXPECT_GE(hit_rate, 0) << from;
+    EXPECT_LE(hit_rate, 1) << from;
+    EXPECT_NEAR(hit_rate, cached / prompt, 1e-6) << from;
+  }
+
+  // A shared prefix longer than the model's context: caught before anything is sent.
+  const std::string err = ::testing::TempDir() + "/loadgen_prefix.err";
+  Process too_long({DUET_BINARY, "loadgen", "--addr", address, "--rate", "1", "--shared-prefix-len",
+                    "100000000"},
+                   err);
+  EXPECT_EQ(too_long.Wait(), 2);
+  EXPECT_THAT(ReadText(err), HasSubstr("--shared-prefix-len 100000000 leaves no room in the "
+                                       "context length "));
+  cluster.Signal(SIGTERM);
+  EXPECT_EQ(cluster.Wait(), 0);
+}
+
+// Bad prefix-cache flags: usage errors (exit 2) with one precise line on stderr, before loadgen
+// connects anywhere (nothing listens at the address).
+TEST(DuetClusterCliTest, LoadgenRejectsBadPrefixCacheFlags) {
+  const std::string err = ::testing::TempDir() + "/loadgen_flags.err";
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--shared-prefix-len", "-1"}, "--shared-prefix-len must be >= 0, got -1"},
+      {{"--shared-prefix-len", "8", "--num-prefixes", "0"},
+       "--num-prefixes must be in [1, 1000000], got 0"},
+      {{"--shared-prefix-len", "8", "--num-prefixes", "-2"},
+       "--num-prefixes must be in [1, 1000000], got -2"},
+      {{"--turns", "0"}, "--turns must be in [1, 1000], got 0"},
+      {{"--turns", "-3"}, "--turns must be in [1, 1000], got -3"},
+      {{"--num-prefixes", "3"}, "--num-prefixes 3 needs --shared-prefix-len > 0"},
+      {{"--dataset", "/nonexistent.jsonl", "--shared-prefix-len", "8"},
+       "--shared-prefix-len cannot be combined with --dataset: it shapes random-token prompts"},
+      {{"--dataset", "/nonexistent.jsonl", "--num-prefixes", "2"},
+       "--num-prefixes cannot be combined with --dataset: it shapes random-token prompts"},
+      {{"--dataset", "/nonexistent.jsonl", "--turns", "2"},
+       "--turns cannot be combined with --dataset: it shapes random-token prompts"},
+  };
+  for (const auto& [flags, message] : cases) {
+    SCOPED_TRACE(message);
+    std::vector<std::string> argv = {DUET_BINARY,   "loadgen", "--addr",
+                                     "127.0.0.1:1", "--rate",  "1"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    Process p(argv, err);
+    EXPECT_EQ(p.Wait(), 2);
+    EXPECT_EQ(ReadText(err), "duet loadgen: " + message + "\n");
+  }
 }
 
 TEST(DuetClusterCliTest, UsageErrors) {
