@@ -12,7 +12,7 @@ namespace duet::node {
 
 absl::StatusOr<std::unique_ptr<NodeControlClient>> NodeControlClient::Start(
     const std::string& router_address, v1::RegisterRequest registration,
-    std::function<v1::NodeLoad()> load, absl::Duration heartbeat_interval) {
+    std::function<v1::NodeLoad()> load, absl::Duration heartbeat_interval, KvEventsFn kv_events) {
   if (heartbeat_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("heartbeat interval must be > 0, got ",
                                                    absl::FormatDuration(heartbeat_interval)));
@@ -21,15 +21,17 @@ absl::StatusOr<std::unique_ptr<NodeControlClient>> NodeControlClient::Start(
   if (!channel.ok()) return channel.status();
   return std::unique_ptr<NodeControlClient>(
       new NodeControlClient(v1::NodeControl::NewStub(*channel), std::move(registration),
-                            std::move(load), heartbeat_interval));
+                            std::move(load), heartbeat_interval, std::move(kv_events)));
 }
 
 NodeControlClient::NodeControlClient(std::unique_ptr<v1::NodeControl::Stub> stub,
                                      v1::RegisterRequest registration,
-                                     std::function<v1::NodeLoad()> load, absl::Duration interval)
+                                     std::function<v1::NodeLoad()> load, absl::Duration interval,
+                                     KvEventsFn kv_events)
     : stub_(std::move(stub)),
       registration_(std::move(registration)),
       load_(std::move(load)),
+      kv_events_(std::move(kv_events)),
       interval_(interval) {
   thread_ = std::thread([this] { Loop(); });
 }
@@ -102,6 +104,7 @@ void NodeControlClient::Loop() {
           Call([&](grpc::ClientContext* c) { return stub_->Register(c, registration_, &response); },
                interval);
       if (s.ok()) {
+        kv_snapshot_needed_ = true;  // the router knows nothing of this node's cache
         absl::MutexLock lock(&mu_);
         registered_ = true;
         if (response.heartbeat_interval_ms() > 0) {
@@ -118,10 +121,13 @@ void NodeControlClient::Loop() {
       request.set_node_id(id);
       *request.mutable_load() = load_();
       request.set_draining(draining);
+      if (kv_events_) *request.mutable_kv_events() = kv_events_(kv_snapshot_needed_);
       v1::HeartbeatResponse response;
       grpc::Status s =
           Call([&](grpc::ClientContext* c) { return stub_->Heartbeat(c, request, &response); },
                interval);
+      // Events of a heartbeat the router may not have applied are lost: send everything next.
+      kv_snapshot_needed_ = !s.ok() || !response.known();
       absl::MutexLock lock(&mu_);
       if (s.ok()) {
         ++num_heartbeats_;

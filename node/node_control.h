@@ -27,10 +27,15 @@ namespace duet::node {
 class NodeControlClient {
  public:
   // `load` is called on the client's thread before every heartbeat; it must be thread-safe.
+  // `kv_events` (may be empty: no prefix cache) likewise: it returns the prefix-cache changes
+  // since its previous call, or everything cached when asked for a snapshot -- which the client
+  // asks for after (re)registering and after a heartbeat failed (its events may be lost).
   // INVALID_ARGUMENT for a malformed router address or a non-positive interval.
+  using KvEventsFn = std::function<v1::KvCacheEvents(bool snapshot)>;
   static absl::StatusOr<std::unique_ptr<NodeControlClient>> Start(
       const std::string& router_address, v1::RegisterRequest registration,
-      std::function<v1::NodeLoad()> load, absl::Duration heartbeat_interval);
+      std::function<v1::NodeLoad()> load, absl::Duration heartbeat_interval,
+      KvEventsFn kv_events = nullptr);
 
   // Stops the thread (an RPC in flight is cancelled).
   ~NodeControlClient();
@@ -49,7 +54,8 @@ class NodeControlClient {
 
  private:
   NodeControlClient(std::unique_ptr<v1::NodeControl::Stub> stub, v1::RegisterRequest registration,
-                    std::function<v1::NodeLoad()> load, absl::Duration interval);
+                    std::function<v1::NodeLoad()> load, absl::Duration interval,
+                    KvEventsFn kv_events);
   void Loop();
   // One RPC with a deadline of `timeout`; the context is cancellable by the destructor.
   grpc::Status Call(const std::function<grpc::Status(grpc::ClientContext*)>& rpc,
@@ -58,6 +64,8 @@ class NodeControlClient {
   const std::unique_ptr<v1::NodeControl::Stub> stub_;
   const v1::RegisterRequest registration_;
   const std::function<v1::NodeLoad()> load_;
+  const KvEventsFn kv_events_;
+  bool kv_snapshot_needed_ = true;  // client thread only
 
   mutable absl::Mutex mu_;
   absl::Duration interval_ ABSL_GUARDED_BY(mu_);

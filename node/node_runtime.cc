@@ -254,7 +254,8 @@ int ServeNode(const NodeOptions& options, const std::string& node_id, const Node
     registration.set_kv_dtype(hooks.kv_dtype);
     absl::StatusOr<std::unique_ptr<NodeControlClient>> client =
         NodeControlClient::Start(options.router, registration, hooks.load,
-                                 absl::Milliseconds(options.heartbeat_interval_ms));
+                                 absl::Milliseconds(options.heartbeat_interval_ms),
+                                 hooks.kv_events);
     if (!client.ok()) {
       std::fprintf(stderr, "%s: --router: %s\n", node_id.c_str(),
                    client.status().ToString().c_str());

@@ -50,6 +50,8 @@ struct NodeHooks {
   std::function<v1::NodeLoad()> load;
   // Adds event counts to a NodeAdmin status (may be empty).
   std::function<void(google::protobuf::Map<std::string, int64_t>*)> counters;
+  // Prefix-cache changes for the router (NodeControlClient::KvEventsFn); empty = no cache.
+  std::function<v1::KvCacheEvents(bool snapshot)> kv_events;
   std::function<void()> start_drain;                  // refuse new work
   std::function<bool(absl::Duration)> await_drained;  // true once no work is in flight
   std::function<void()> stop;                         // after the server shut down
@@ -73,6 +75,9 @@ NodeHooks HooksFor(std::shared_ptr<NodeT> node) {
   hooks.counters = [node](google::protobuf::Map<std::string, int64_t>* counters) {
     node->AddCounters(counters);
   };
+  if constexpr (requires { node->TakeKvEvents(true); }) {
+    hooks.kv_events = [node](bool snapshot) { return node->TakeKvEvents(snapshot); };
+  }
   hooks.start_drain = [node] { node->StartDrain(); };
   hooks.await_drained = [node](absl::Duration timeout) { return node->AwaitDrained(timeout); };
   hooks.stop = [node] { node->Stop(); };

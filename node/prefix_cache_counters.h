@@ -10,6 +10,7 @@
 
 #include "common/kv/block_pool.h"
 #include "common/sched/scheduler.h"
+#include "duet/v1/internal.pb.h"
 
 namespace duet::node {
 
@@ -18,6 +19,10 @@ namespace duet::node {
 // evictable) and prefix_cache_evictions.
 void AddPrefixCacheCounters(const sched::Scheduler& scheduler, const kv::BlockPool& pool,
                             google::protobuf::Map<std::string, int64_t>* counters);
+
+// The pool's KV events since the last call (BlockPool::TakeEvents), or a snapshot of every
+// cached block when `snapshot` is asked for or events were dropped.
+v1::KvCacheEvents TakeKvEvents(kv::BlockPool& pool, bool snapshot);
 
 }  // namespace duet::node
 

@@ -86,6 +86,10 @@ PrefillNode::PrefillNode(const PrefillNodeOptions& options, Engine* engine,
       blocks_(engine->kv_layout().num_blocks),
       tail_slots_(options.max_num_seqs),
       scheduler_(SchedulerConfigFor(options, *engine), &blocks_, clock_, &tail_slots_) {
+  {
+    absl::MutexLock lock(&mu_);
+    blocks_.set_record_events(options.enable_prefix_caching);
+  }
   worker_ = std::thread([this] { WorkerLoop(); });
 }
 
@@ -374,6 +378,11 @@ void PrefillNode::Stop() {
   }
   for (Task& task : tasks) task(/*stopped=*/true);
   dead.clear();  // joins the senders (outside mu_: their last act takes it)
+}
+
+v1::KvCacheEvents PrefillNode::TakeKvEvents(bool snapshot) {
+  absl::MutexLock lock(&mu_);
+  return node::TakeKvEvents(blocks_, snapshot);
 }
 
 v1::NodeLoad PrefillNode::Load() const {

@@ -103,6 +103,9 @@ class PrefillNode final : public v1::PrefillService::CallbackService {
   void Stop();
 
   v1::NodeLoad Load() const;
+  // The prefix cache's changes since the last call, or (snapshot, or events were dropped)
+  // every cached block, for the router's KV-aware routing. Thread-safe.
+  v1::KvCacheEvents TakeKvEvents(bool snapshot);
   // Event counts for NodeAdmin.GetStatus (v1::NodeStatus.counters). Thread-safe.
   void AddCounters(google::protobuf::Map<std::string, int64_t>* counters) const;
   int64_t total_kv_blocks() const { return total_blocks_; }

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "common/base/request_log.h"
 #include "common/base/status.h"
+#include "common/kv/block_hash.h"
 #include "common/rpc/finish_reason.h"
 #include "common/rpc/status_convert.h"
 #include "router/generate_call.h"
@@ -318,8 +319,18 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
   // 3. Hand the prompt to a prefill node, asynchronously.
   std::optional<PrefillCall> prefill;
   absl::Status pick_error;
-  absl::StatusOr<NodeAssignment> prefill_node =
-      state_->registry().PickPrefill(num_prompt, prefill_pick);
+  // The prompt's block hashes as the prefill nodes (with the decode node's block size, which
+  // they must share) name their cached blocks, for KV-aware routing.
+  PickOptions pick = prefill_pick;
+  pick.prefix_block_size = reservation.block_size();
+  if (pick.prefix_block_size > 0) {
+    pick.prefix_hashes =
+        kv::HashBlocks(model.id, resolved_->cache_salt, tokens, pick.prefix_block_size);
+  }
+  absl::StatusOr<NodeAssignment> prefill_node = state_->registry().PickPrefill(num_prompt, pick);
+  if (RouterMetrics* m = state_->metrics(); m != nullptr && prefill_node.ok()) {
+    m->Routed(RoutingPolicyName(state_->options().routing_policy), prefill_node->reason);
+  }
   absl::StatusOr<std::shared_ptr<grpc::Channel>> prefill_channel =
       prefill_node.ok() ? state_->Channel(prefill_node->address)
                         : absl::StatusOr<std::shared_ptr<grpc::Channel>>(prefill_node.status());
@@ -341,7 +352,10 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
     request.set_cache_salt(resolved_->cache_salt);
     request.set_model_id(model.id);
     Track(&prefill->context, prefill->node);
-    LogRequestEvent(request_id_, "assigned", absl::StrCat("prefill=", prefill->node.id.value()));
+    LogRequestEvent(request_id_, "assigned",
+                    absl::StrCat("prefill=", prefill->node.id.value(), " routing=",
+                                 prefill->node.reason, " cached_tokens_estimate=",
+                                 prefill->node.cached_tokens));
     std::unique_ptr<PrefillService::Stub> prefill_stub = PrefillService::NewStub(*prefill_channel);
     PrefillCall* call = &*prefill;
     prefill_stub->async()->Prefill(

@@ -20,6 +20,18 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
+const char* RoutingPolicyName(RoutingPolicy policy) {
+  switch (policy) {
+    case RoutingPolicy::kRoundRobin:
+      return "round_robin";
+    case RoutingPolicy::kLeastLoad:
+      return "least_load";
+    case RoutingPolicy::kCacheAware:
+      return "cache_aware";
+  }
+  return "unknown";
+}
+
 const char* NodeRoleName(NodeRole role) {
   switch (role) {
     case NodeRole::kPrefill:
@@ -76,7 +88,8 @@ absl::StatusOr<RegisterResult> NodeRegistry::Register(const NodeSpec& spec) {
   return result;
 }
 
-bool NodeRegistry::Heartbeat(const NodeId& id, const NodeLoadReport& load, bool draining) {
+bool NodeRegistry::Heartbeat(const NodeId& id, const NodeLoadReport& load, bool draining,
+                             const KvEventsReport& kv_events) {
   absl::MutexLock lock(&mu_);
   auto it = nodes_.find(id);
   if (it == nodes_.end()) return false;
@@ -92,6 +105,9 @@ bool NodeRegistry::Heartbeat(const NodeId& id, const NodeLoadReport& load, bool 
   entry.pending_tokens = 0;
   entry.pending_sequences = 0;
   ++entry.load_epoch;
+  if (kv_events.snapshot) entry.cached_blocks.clear();
+  entry.cached_blocks.insert(kv_events.stored.begin(), kv_events.stored.end());
+  for (const uint64_t hash : kv_events.removed) entry.cached_blocks.erase(hash);
   return true;
 }
 
@@ -187,32 +203,80 @@ absl::StatusOr<NodeAssignment> NodeRegistry::PickPrefill(int64_t num_tokens,
                                                          const PickOptions& options) {
   absl::MutexLock lock(&mu_);
   if (nodes_.empty()) return Unavailable("no nodes are registered with the router");
-  Entry* best = nullptr;
-  int64_t best_queued = 0;
+  struct Candidate {
+    Entry* entry;
+    int64_t queued;
+    int64_t cached_tokens;
+  };
+  std::vector<Candidate> candidates;
   for (auto& [id, entry] : nodes_) {
     if (entry.spec.role != NodeRole::kPrefill || !IsLiveLocked(entry) || entry.draining) continue;
     if (Contains(options.exclude, id)) continue;
-    const int64_t queued = entry.reported.queued_prefill_tokens + entry.pending_tokens;
-    if (best != nullptr &&
-        std::make_tuple(queued, entry.spec.id) >= std::make_tuple(best_queued, best->spec.id)) {
-      continue;
+    int64_t cached_blocks = 0;
+    while (cached_blocks < static_cast<int64_t>(options.prefix_hashes.size()) &&
+           entry.cached_blocks.contains(options.prefix_hashes[static_cast<size_t>(cached_blocks)])) {
+      ++cached_blocks;
     }
-    best = &entry;
-    best_queued = queued;
+    // The last prompt token always runs.
+    const int64_t cached = std::min(cached_blocks * options.prefix_block_size, num_tokens - 1);
+    candidates.push_back({&entry, entry.reported.queued_prefill_tokens + entry.pending_tokens,
+                          std::max<int64_t>(cached, 0)});
   }
-  if (best == nullptr) {
+  if (candidates.empty()) {
     return Unavailable(options.exclude.empty()
                            ? "no live prefill node (every prefill node is draining or silent)"
                            : "no other live prefill node to retry on");
   }
-  best->pending_tokens += num_tokens;
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    return a.entry->spec.id < b.entry->spec.id;
+  });
+  auto least = [](auto key, const std::vector<Candidate>& cs) {
+    const Candidate* best = &cs.front();
+    for (const Candidate& c : cs) {
+      if (key(c) < key(*best)) best = &c;  // ties: the smallest id (sorted)
+    }
+    return best;
+  };
+  const Candidate* chosen = &candidates.front();
+  std::string reason;
+  int64_t longest = 0;
+  for (const Candidate& c : candidates) longest = std::max(longest, c.cached_tokens);
+  switch (options_.routing_policy) {
+    case RoutingPolicy::kRoundRobin:
+      chosen = &candidates[round_robin_++ % candidates.size()];
+      reason = "round_robin";
+      break;
+    case RoutingPolicy::kLeastLoad:
+      chosen = least([](const Candidate& c) { return c.queued; }, candidates);
+      reason = "least_load";
+      break;
+    case RoutingPolicy::kCacheAware: {
+      const double weight = options_.cache_overlap_weight;
+      chosen = least(
+          [weight, num_tokens](const Candidate& c) {
+            return weight * static_cast<double>(num_tokens - c.cached_tokens) +
+                   static_cast<double>(c.queued);
+          },
+          candidates);
+      reason = longest == 0                        ? "no_prefix_match"
+               : chosen->cached_tokens == longest ? "prefix_match"
+                                                  : "load_balance";
+      break;
+    }
+  }
+  Entry* best = chosen->entry;
+  best->pending_tokens += num_tokens - chosen->cached_tokens;
+  // The node will hold the prompt's blocks once it has prefilled them.
+  best->cached_blocks.insert(options.prefix_hashes.begin(), options.prefix_hashes.end());
   NodeAssignment assignment;
+  assignment.cached_tokens = chosen->cached_tokens;
+  assignment.reason = std::move(reason);
   assignment.id = best->spec.id;
   assignment.role = best->spec.role;
   assignment.address = best->spec.address;
   assignment.incarnation = best->incarnation;
   assignment.block_size = best->spec.block_size;
-  assignment.charged_tokens = num_tokens;
+  assignment.charged_tokens = num_tokens - chosen->cached_tokens;
   assignment.load_epoch = best->load_epoch;
   return assignment;
 }
@@ -264,6 +328,7 @@ std::vector<NodeSnapshot> NodeRegistry::Snapshot() const {
     s.pending_tokens = entry.pending_tokens;
     s.pending_sequences = entry.pending_sequences;
     s.last_seen = entry.last_seen;
+    s.num_cached_blocks = static_cast<int64_t>(entry.cached_blocks.size());
     out.push_back(std::move(s));
   }
   std::sort(out.begin(), out.end(),

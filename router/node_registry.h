@@ -15,6 +15,12 @@
 // the one that looked emptiest at the last heartbeat. Each heartbeat replaces the reported counts
 // and clears the pending charges (the node's report now includes that work).
 //
+// KV-aware routing: nodes with a prefix cache also report which blocks (their chained prefix
+// hashes, common/kv/block_hash.h) they stored and evicted; the registry keeps an approximate
+// set per node -- it also adds a prompt's blocks to the node it routes the prompt to, so a
+// burst with one prefix lands together before the next heartbeat -- and PickPrefill scores
+// nodes by the cached length of a prompt's prefix against their load (RoutingPolicy).
+//
 // Thread safety: all methods are thread-safe (one internal mutex).
 #ifndef DUET_ROUTER_NODE_REGISTRY_H_
 #define DUET_ROUTER_NODE_REGISTRY_H_
@@ -27,6 +33,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -38,6 +45,18 @@
 namespace duet::router {
 
 enum class NodeRole { kPrefill, kDecode, kColocated };
+
+// How PickPrefill chooses among live prefill nodes.
+//   kRoundRobin: in turn (by id), ignoring load and caches.
+//   kLeastLoad: the fewest queued prompt tokens (reported + assigned since).
+//   kCacheAware: the lowest cost = overlap_weight x the prompt tokens the node would compute
+//     (those past its cached prefix of the prompt) + its queued prompt tokens -- an estimate of
+//     the time to the request's first token, in the spirit of Dynamo's KV router cost; a long
+//     cached prefix wins unless its node is loaded enough to lose the saving (SGLang's balance
+//     fallback falls out of the same sum).
+enum class RoutingPolicy { kRoundRobin, kLeastLoad, kCacheAware };
+// "round_robin", "least_load", "cache_aware".
+const char* RoutingPolicyName(RoutingPolicy policy);
 
 // "prefill", "decode", "colocated".
 const char* NodeRoleName(NodeRole role);
@@ -72,8 +91,14 @@ struct NodeAssignment {
   uint64_t incarnation = 0;
   int32_t block_size = 0;
   int64_t charged_blocks = 0;  // decode / colocated: ceil(num_prompt_tokens / block_size)
-  int64_t charged_tokens = 0;  // prefill: num_tokens
+  int64_t charged_tokens = 0;  // prefill: the prompt tokens past its cached prefix
   uint64_t load_epoch = 0;     // which heartbeat's pending charges hold this one
+  // PickPrefill: prompt tokens the registry believes the node has cached, and why it was
+  // chosen: "round_robin", "least_load", "prefix_match" (the longest cached prefix),
+  // "load_balance" (a node with a shorter cached prefix but less load) or "no_prefix_match"
+  // (no node has any of the prompt: least load).
+  int64_t cached_tokens = 0;
+  std::string reason;
 };
 
 // A node that left the registry: silent for too long, or replaced by a new registration.
@@ -101,6 +126,7 @@ struct NodeSnapshot {
   int64_t pending_tokens = 0;
   int32_t pending_sequences = 0;
   absl::Time last_seen;
+  int64_t num_cached_blocks = 0;  // prefix-cache blocks the registry believes it holds
 };
 
 struct PickOptions {
@@ -108,6 +134,17 @@ struct PickOptions {
   std::vector<NodeId> exclude;
   // PickDecode: consider only colocated nodes (no prefill node is available).
   bool colocated_only = false;
+  // PickPrefill: the prompt's full-block hashes for the nodes' block size (kv::HashBlocks with
+  // the model id and the request's cache salt); empty = no prefix information.
+  std::vector<uint64_t> prefix_hashes;
+  int32_t prefix_block_size = 0;
+};
+
+// A node's prefix-cache changes (duet.v1.KvCacheEvents).
+struct KvEventsReport {
+  bool snapshot = false;  // `stored` is everything it holds now
+  std::vector<uint64_t> stored;
+  std::vector<uint64_t> removed;
 };
 
 class NodeRegistry {
@@ -118,6 +155,8 @@ class NodeRegistry {
     // The retry-after hint attached to RESOURCE_EXHAUSTED and UNAVAILABLE from Pick*: about
     // when the next heartbeats will have corrected the accounting.
     absl::Duration retry_after = absl::Seconds(1);
+    RoutingPolicy routing_policy = RoutingPolicy::kCacheAware;
+    double cache_overlap_weight = 1.0;  // kCacheAware; > 0
   };
 
   // REQUIRES: clock outlives the registry.
@@ -130,7 +169,8 @@ class NodeRegistry {
   // Records a load report. Returns false when the node is unknown (never registered, or removed
   // as dead): it must register again. A node that is silent but not yet swept comes back to
   // life.
-  bool Heartbeat(const NodeId& id, const NodeLoadReport& load, bool draining);
+  bool Heartbeat(const NodeId& id, const NodeLoadReport& load, bool draining,
+                 const KvEventsReport& kv_events = {});
 
   // Removes every node silent for longer than the timeout and returns them.
   std::vector<LostNode> ExpireSilentNodes();
@@ -147,9 +187,10 @@ class NodeRegistry {
   absl::StatusOr<NodeAssignment> PickDecode(int64_t num_prompt_tokens,
                                             const PickOptions& options = {});
 
-  // The prefill node with the fewest queued prompt tokens (reported + pending), then the
-  // smallest id; charges num_tokens to it. UNAVAILABLE (retry hint) when no live, non-draining,
-  // non-excluded prefill node exists.
+  // The prefill node for a prompt of num_tokens tokens, by Options::routing_policy (ties: the
+  // smallest id); charges it the tokens past its cached prefix, and adds the prompt's blocks to
+  // its cache set. UNAVAILABLE (retry hint) when no live, non-draining, non-excluded prefill
+  // node exists.
   absl::StatusOr<NodeAssignment> PickPrefill(int64_t num_tokens, const PickOptions& options = {});
 
   // Takes back the charge of an assignment whose work never reached the node (e.g. Reserve
@@ -176,6 +217,7 @@ class NodeRegistry {
     int32_t pending_sequences = 0;
     uint64_t load_epoch = 0;  // bumped by every heartbeat (clears pending)
     absl::Time last_seen;
+    absl::flat_hash_set<uint64_t> cached_blocks;  // prefix-cache block hashes (approximate)
   };
 
   bool IsLiveLocked(const Entry& entry) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -187,6 +229,7 @@ class NodeRegistry {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<NodeId, Entry> nodes_ ABSL_GUARDED_BY(mu_);
   uint64_t next_incarnation_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t round_robin_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace duet::router

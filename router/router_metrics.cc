@@ -45,7 +45,11 @@ RouterMetrics::RouterMetrics(const metrics::ProcessLabels& labels)
       assignments_(prometheus::BuildCounter()
                        .Name("duet:node_assignments_total")
                        .Help("Requests (attempts) assigned to each node.")
-                       .Register(*registry_)) {}
+                       .Register(*registry_)),
+      routing_decisions_(prometheus::BuildCounter()
+                             .Name("duet:router_routing_decisions_total")
+                             .Help("Prefill node choices by routing policy and reason.")
+                             .Register(*registry_)) {}
 
 void RouterMetrics::ObserveInterToken(double seconds, int64_t tokens) {
   if (tokens <= 0) return;
@@ -62,6 +66,13 @@ void RouterMetrics::Finished(double e2e_seconds, double decode_seconds, const st
   finished_.Add(labels).Increment();
   prompt_tokens_.Increment(static_cast<double>(prompt_tokens));
   generation_tokens_.Increment(static_cast<double>(generation_tokens));
+}
+
+void RouterMetrics::Routed(const std::string& policy, const std::string& reason) {
+  std::map<std::string, std::string> labels = labels_;
+  labels["policy"] = policy;
+  labels["reason"] = reason;
+  routing_decisions_.Add(labels).Increment();
 }
 
 void RouterMetrics::Assigned(const std::string& node_id) {

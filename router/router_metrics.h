@@ -37,6 +37,8 @@ class RouterMetrics {
                 int64_t prompt_tokens, int64_t generation_tokens);
   // A node was given a request (decode, prefill or colocated role).
   void Assigned(const std::string& node_id);
+  // A prefill node was chosen, and why (NodeAssignment::reason), under the routing policy.
+  void Routed(const std::string& policy, const std::string& reason);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -51,6 +53,7 @@ class RouterMetrics {
   prometheus::Counter& generation_tokens_;
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Counter>& assignments_;
+  prometheus::Family<prometheus::Counter>& routing_decisions_;
 };
 
 }  // namespace duet::router

@@ -36,6 +36,22 @@ absl::StatusOr<RouterOptions> RouterOptionsFromConfig(const duet::v1::ClusterCon
         absl::StrCat("router.default_max_tokens must be >= 1, got ", router.default_max_tokens()));
   }
   RouterOptions options;
+  if (router.routing_policy() == "cache_aware") {
+    options.routing_policy = RoutingPolicy::kCacheAware;
+  } else if (router.routing_policy() == "least_load") {
+    options.routing_policy = RoutingPolicy::kLeastLoad;
+  } else if (router.routing_policy() == "round_robin") {
+    options.routing_policy = RoutingPolicy::kRoundRobin;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("router.routing_policy '", router.routing_policy(),
+                     "' is not one of: cache_aware, least_load, round_robin"));
+  }
+  if (!(router.cache_overlap_weight() > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("router.cache_overlap_weight must be > 0, got ",
+                                                   router.cache_overlap_weight()));
+  }
+  options.cache_overlap_weight = router.cache_overlap_weight();
   options.lease = absl::Milliseconds(config.lease_ms());
   options.heartbeat_interval = absl::Milliseconds(config.heartbeat_interval_ms());
   options.heartbeat_timeout = absl::Milliseconds(config.heartbeat_timeout_ms());

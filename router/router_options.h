@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/rpc/channel.h"
+#include "router/node_registry.h"
 #include "duet/v1/config.pb.h"
 
 namespace duet::router {
@@ -35,6 +36,9 @@ struct RouterOptions {
   absl::Duration release_timeout = absl::Seconds(2);
   // How often a background thread removes silent nodes; zero = never (tests call SweepNodes).
   absl::Duration sweep_interval = absl::Milliseconds(250);
+  // Prefill node choice (NodeRegistry::Options).
+  RoutingPolicy routing_policy = RoutingPolicy::kCacheAware;
+  double cache_overlap_weight = 1.0;
   // Channels to the nodes.
   rpc::ChannelOptions channel_options;
 };

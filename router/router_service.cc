@@ -206,8 +206,13 @@ void Router::Heartbeat(const duet::v1::HeartbeatRequest& request,
   report.free_kv_blocks = load.free_kv_blocks();
   report.total_kv_blocks = load.total_kv_blocks();
   report.active_requests = load.active_requests();
-  const bool known =
-      state_.registry().Heartbeat(NodeId(request.node_id()), report, request.draining());
+  KvEventsReport events;
+  events.snapshot = request.kv_events().snapshot();
+  events.stored.assign(request.kv_events().stored().begin(), request.kv_events().stored().end());
+  events.removed.assign(request.kv_events().removed().begin(),
+                        request.kv_events().removed().end());
+  const bool known = state_.registry().Heartbeat(NodeId(request.node_id()), report,
+                                                 request.draining(), events);
   if (!known)
     spdlog::info("heartbeat from unknown node {}: asking it to register", request.node_id());
   response->set_known(known);
@@ -227,6 +232,7 @@ void Router::ListNodes(duet::v1::ListNodesResponse* response) const {
     info->set_live(node.live);
     info->set_draining(node.draining);
     info->set_block_size(node.spec.block_size);
+    info->set_num_cached_blocks(node.num_cached_blocks);
     duet::v1::NodeLoad* load = info->mutable_load();
     load->set_queued_prefill_tokens(node.reported.queued_prefill_tokens);
     load->set_running_sequences(node.reported.running_sequences);

@@ -23,7 +23,9 @@ RouterState::RouterState(const ServedModel* model, RouterOptions options, const 
       options_(std::move(options)),
       clock_(clock),
       registry_(NodeRegistry::Options{.heartbeat_timeout = options_.heartbeat_timeout,
-                                      .retry_after = options_.heartbeat_interval},
+                                      .retry_after = options_.heartbeat_interval,
+                                      .routing_policy = options_.routing_policy,
+                                      .cache_overlap_weight = options_.cache_overlap_weight},
                 clock),
       random_(RandomSeed()),
       id_prefix_(static_cast<uint32_t>(RandomSeed())) {}

@@ -45,7 +45,7 @@ void BlockPool::Evict(int32_t block) {
   evictable_.erase(evictable_pos_[b]);
   evictable_pos_[b] = evictable_.end();
   by_hash_.erase(cached_hash_[b]);
-  if (record_events_) events_.removed.push_back(cached_hash_[b]);
+  RecordEvent(/*stored=*/false, cached_hash_[b]);
   cached_hash_[b] = 0;
   ++num_evictions_;
 }
@@ -90,8 +90,17 @@ bool BlockPool::CacheBlock(int32_t block, BlockHash hash) {
   if (cached_hash_[b] != 0 || by_hash_.contains(hash)) return false;
   cached_hash_[b] = hash;
   by_hash_.emplace(hash, block);
-  if (record_events_) events_.stored.push_back(hash);
+  RecordEvent(/*stored=*/true, hash);
   return true;
+}
+
+void BlockPool::RecordEvent(bool stored, BlockHash hash) {
+  if (!record_events_ || events_.overflowed) return;
+  if (static_cast<int64_t>(events_.stored.size() + events_.removed.size()) >= 4 * num_blocks()) {
+    events_ = Events{.overflowed = true};
+    return;
+  }
+  (stored ? events_.stored : events_.removed).push_back(hash);
 }
 
 BlockPool::Events BlockPool::TakeEvents() { return std::exchange(events_, {}); }

@@ -85,9 +85,12 @@ class BlockPool {
   // KV events, for a router's index of which node holds which blocks: with recording on, every
   // hash that became cached (CacheBlock) or stopped being cached (eviction) is logged in order
   // until TakeEvents returns it.
+  // At most 4 x num_blocks events are kept; past that they are dropped and `overflowed` is set
+  // (the reader then takes a full snapshot with CachedHashes instead).
   struct Events {
     std::vector<BlockHash> stored;
     std::vector<BlockHash> removed;
+    bool overflowed = false;
   };
   void set_record_events(bool on) { record_events_ = on; }
   Events TakeEvents();
@@ -97,6 +100,7 @@ class BlockPool {
  private:
   absl::Status CheckHeld(absl::Span<const int32_t> blocks, bool count_duplicates) const;
   void Evict(int32_t block);
+  void RecordEvent(bool stored, BlockHash hash);
 
   std::vector<int32_t> ref_counts_;  // [num_blocks]
   std::vector<int32_t> free_;        // never-cached free blocks; stack, back() goes next

@@ -2,8 +2,10 @@
 // order, pending accounting and the errors when nothing fits.
 #include "router/node_registry.h"
 
+#include <memory>
 #include <string>
 
+#include "common/kv/block_hash.h"
 #include "common/rpc/status_convert.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -283,6 +285,148 @@ TEST_F(NodeRegistryTest, PrefillTieBreaksOnIdAndHonoursExclusion) {
   EXPECT_EQ(none.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(none.message(), HasSubstr("no other live prefill node"));
   EXPECT_EQ(rpc::GetRetryAfter(none), kRetryAfter);
+}
+
+// ---- KV-aware routing -------------------------------------------------------------------
+
+// Hashes of a prompt of `blocks` full blocks of 16 tokens: `shared` blocks of a common prefix,
+// then blocks of its own (`seed`).
+std::vector<uint64_t> PromptHashes(int blocks, int shared, int seed) {
+  std::vector<int32_t> tokens;
+  for (int b = 0; b < blocks; ++b) {
+    for (int t = 0; t < 16; ++t) tokens.push_back(b < shared ? 1000 + 16 * b + t : seed * 7919 + 16 * b + t);
+  }
+  return kv::HashBlocks("tiny", "", tokens, 16);
+}
+
+class KvRoutingTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<NodeRegistry> Registry(RoutingPolicy policy, double weight = 1.0) {
+    auto r = std::make_unique<NodeRegistry>(
+        NodeRegistry::Options{.heartbeat_timeout = kTimeout,
+                              .retry_after = kRetryAfter,
+                              .routing_policy = policy,
+                              .cache_overlap_weight = weight},
+        &clock_);
+    for (const char* id : {"p0", "p1", "p2"}) EXPECT_TRUE(r->Register(Prefill(id)).ok());
+    return r;
+  }
+  // A heartbeat with `queued` prompt tokens and these cache events.
+  static void Beat(NodeRegistry& r, const std::string& id, int64_t queued, KvEventsReport events) {
+    ASSERT_TRUE(r.Heartbeat(NodeId(id), Load(0, 0, queued), false, events));
+  }
+  static PickOptions WithPrefix(std::vector<uint64_t> hashes) {
+    PickOptions o;
+    o.prefix_hashes = std::move(hashes);
+    o.prefix_block_size = 16;
+    return o;
+  }
+  FakeClock clock_;
+};
+
+TEST_F(KvRoutingTest, RoundRobinTakesNodesInTurnWhateverTheirLoadOrCache) {
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kRoundRobin);
+  Beat(*r, "p0", 10000, {.stored = PromptHashes(4, 4, 1)});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<NodeAssignment> a = r->PickPrefill(64, WithPrefix(PromptHashes(4, 4, 1)));
+    ASSERT_TRUE(a.ok());
+    EXPECT_EQ(a->reason, "round_robin");
+    ids.push_back(a->id.value());
+  }
+  EXPECT_THAT(ids, ::testing::ElementsAre("p0", "p1", "p2", "p0", "p1", "p2"));
+}
+
+TEST_F(KvRoutingTest, LeastLoadIgnoresCaches) {
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kLeastLoad);
+  Beat(*r, "p0", 50, {.stored = PromptHashes(4, 4, 1)});
+  Beat(*r, "p1", 10, {});
+  Beat(*r, "p2", 20, {});
+  absl::StatusOr<NodeAssignment> a = r->PickPrefill(64, WithPrefix(PromptHashes(4, 4, 1)));
+  EXPECT_EQ(a->id, NodeId("p1"));
+  EXPECT_EQ(a->reason, "least_load");
+}
+
+TEST_F(KvRoutingTest, CacheAwarePrefersTheLongestCachedPrefixUntilLoadOutweighsIt) {
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kCacheAware);
+  // p0 holds 3 blocks of the system prompt, p1 only the first; p2 nothing but is idle.
+  const std::vector<uint64_t> system = PromptHashes(3, 3, 0);
+  Beat(*r, "p0", 40, {.stored = system});
+  Beat(*r, "p1", 0, {.stored = {system[0]}});
+  Beat(*r, "p2", 0, {});
+  // A 5-block prompt (80 tokens) with the system prompt: p0 computes 32 (+40 queued) = 72,
+  // p1 64, p2 80.
+  absl::StatusOr<NodeAssignment> a = r->PickPrefill(80, WithPrefix(PromptHashes(5, 3, 9)));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->id, NodeId("p1"));
+  EXPECT_EQ(a->reason, "load_balance");
+  EXPECT_EQ(a->cached_tokens, 16);
+  EXPECT_EQ(a->charged_tokens, 64);
+  // Lighter load on p0: its 48 cached tokens win.
+  Beat(*r, "p0", 0, {});
+  Beat(*r, "p1", 0, {});
+  a = r->PickPrefill(80, WithPrefix(PromptHashes(5, 3, 10)));
+  EXPECT_EQ(a->id, NodeId("p0"));
+  EXPECT_EQ(a->reason, "prefix_match");
+  EXPECT_EQ(a->cached_tokens, 48);
+  EXPECT_EQ(a->charged_tokens, 32);
+  // A prompt nobody has: least load (p1 and p2 idle; p0 now has 32 pending), smallest id.
+  a = r->PickPrefill(80, WithPrefix(PromptHashes(5, 0, 11)));
+  EXPECT_EQ(a->id, NodeId("p1"));
+  EXPECT_EQ(a->reason, "no_prefix_match");
+  // A heavier overlap weight makes cache count for more against load.
+  std::unique_ptr<NodeRegistry> heavy = Registry(RoutingPolicy::kCacheAware, 4.0);
+  Beat(*heavy, "p0", 100, {.stored = system});
+  Beat(*heavy, "p1", 0, {});
+  Beat(*heavy, "p2", 0, {});
+  EXPECT_EQ(heavy->PickPrefill(80, WithPrefix(PromptHashes(5, 3, 12)))->id, NodeId("p0"));
+}
+
+TEST_F(KvRoutingTest, RoutedPromptsJoinTheNodesCacheSoABurstStaysTogether) {
+  // Nothing is cached when a burst sharing a 6-block system prompt arrives. The first request
+  // goes to p0 and its blocks count as p0's at once (before any heartbeat), so with cache
+  // weighing 4x against queue the rest follow it there.
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kCacheAware, 4.0);
+  std::vector<std::string> ids, reasons;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<NodeAssignment> a =
+        r->PickPrefill(7 * 16, WithPrefix(PromptHashes(7, 6, 20 + i)));
+    ids.push_back(a->id.value());
+    reasons.push_back(a->reason);
+  }
+  EXPECT_THAT(ids, ::testing::ElementsAre("p0", "p0", "p0", "p0"));
+  EXPECT_THAT(reasons, ::testing::ElementsAre("no_prefix_match", "prefix_match", "prefix_match",
+                                              "prefix_match"));
+  // With weight 1 the queue counts as much: the second request (p0: 16 to compute + 112
+  // queued = 128 > 112 elsewhere) goes to an idle node, and then the prefix is on two nodes.
+  std::unique_ptr<NodeRegistry> even = Registry(RoutingPolicy::kCacheAware, 1.0);
+  ids.clear();
+  for (int i = 0; i < 4; ++i) {
+    ids.push_back(even->PickPrefill(7 * 16, WithPrefix(PromptHashes(7, 6, 40 + i)))->id.value());
+  }
+  EXPECT_THAT(ids, ::testing::ElementsAre("p0", "p1", "p2", "p0"));
+}
+
+TEST_F(KvRoutingTest, EventsAddAndRemoveBlocksAndASnapshotReplacesThem) {
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kCacheAware);
+  const std::vector<uint64_t> h = PromptHashes(4, 4, 0);
+  Beat(*r, "p1", 0, {.stored = h});
+  auto cached = [&](const std::string& id) {
+    for (const NodeSnapshot& s : r->Snapshot()) {
+      if (s.spec.id == NodeId(id)) return s.num_cached_blocks;
+    }
+    return int64_t{-1};
+  };
+  EXPECT_EQ(cached("p1"), 4);
+  Beat(*r, "p1", 0, {.removed = {h[2], h[3]}});
+  EXPECT_EQ(cached("p1"), 2);
+  // p1 has only the first two blocks now: 32 of 64 tokens cached.
+  EXPECT_EQ(r->PickPrefill(64, WithPrefix(h))->cached_tokens, 32);
+  Beat(*r, "p1", 0, {.snapshot = true, .stored = {h[0]}});
+  EXPECT_EQ(cached("p1"), 1);
+  // Registering again (a restart) forgets everything.
+  ASSERT_TRUE(r->Register(Prefill("p1")).ok());
+  EXPECT_EQ(cached("p1"), 0);
 }
 
 }  // namespace

@@ -151,6 +151,10 @@ TEST_F(RouterMainTest, BadFlagsGiveOneErrorLineAndExitTwo) {
       {{"--model", ModelPath(), "--set", "router.nope=1"}, "router.nope"},
       {{"--model", ModelPath(), "--set", "heartbeat_timeout_ms=10"},
        "heartbeat_timeout_ms (10) must be > heartbeat_interval_ms (1000)"},
+      {{"--model", ModelPath(), "--set", "router.routing_policy=random"},
+       "router.routing_policy 'random' is not one of: cache_aware, least_load, round_robin"},
+      {{"--model", ModelPath(), "--set", "router.cache_overlap_weight=0"},
+       "router.cache_overlap_weight must be > 0, got 0"},
   };
   for (const Case& c : cases) {
     std::string err;
