@@ -10,7 +10,7 @@ PACKAGES=(
   prometheus-cpp-dev
   libvulkan-dev mesa-vulkan-drivers glslc vulkan-tools
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-protobuf prometheus
+  python3-grpcio python3-protobuf python3-yaml prometheus
 )
 
 missing=()

@@ -508,6 +508,50 @@ TEST(ClusterTest, RollingRestartUnderLoadFailsNoRequest) {
   }
 }
 
+// Three system prompts over two prefill nodes, one request at a time: with cache-aware routing
+// every request after the first of its prompt lands where that prompt is cached (the router
+// learns it from the routing itself and the nodes' KV events); round-robin scatters them. Outputs
+// are identical either way.
+TEST(ClusterTest, CacheAwareRoutingReusesMorePrefixesThanRoundRobin) {
+  std::vector<std::vector<int32_t>> systems;
+  for (int p = 0; p < 3; ++p) systems.push_back(Prompt(48, 900 + static_cast<uint32_t>(p)));
+  std::map<std::string, int64_t> hits;
+  for (const std::string policy : {"round_robin", "cache_aware"}) {
+    SCOPED_TRACE(policy);
+    ClusterSpec spec = CpuSpec(2, 1);
+    spec.overrides.push_back("router.routing_policy=" + policy);
+    std::unique_ptr<Cluster> cluster = MustStart(spec);
+    ASSERT_NE(cluster, nullptr);
+    auto stub = ClientStub(*cluster);
+    GenerateOptions options;
+    options.timeout = kRequestTimeout;
+    for (int i = 0; i < 12; ++i) {
+      std::vector<int32_t> prompt = systems[static_cast<size_t>(i % 3)];
+      const std::vector<int32_t> question = Prompt(8, 950 + static_cast<uint32_t>(i));
+      prompt.insert(prompt.end(), question.begin(), question.end());
+      const GenerateResult r =
+          cluster::Generate(*stub, TokenRequest(prompt, nodes_test::Greedy(4)), options);
+      ASSERT_TRUE(r.status.ok()) << r.status;
+      EXPECT_EQ(r.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompt, nodes_test::Greedy(4)));
+      hits[policy] += r.usage.cached_prompt_tokens();
+    }
+    // The router's view of the caches comes from the nodes' events: both nodes hold blocks.
+    auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster->router_address()));
+    grpc::ClientContext context;
+    v1::ListNodesResponse nodes;
+    ASSERT_TRUE(control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok());
+    for (const v1::NodeInfo& n : nodes.nodes()) {
+      if (n.role() == v1::NODE_ROLE_PREFILL) {
+        EXPECT_GT(n.num_cached_blocks(), 0) << n.node_id();
+      }
+    }
+  }
+  // Round-robin: request i (prompt i mod 3) meets its prompt on node i mod 2 only from i = 6.
+  EXPECT_EQ(hits["round_robin"], 6 * 48);
+  // Cache-aware: every request after each prompt's first.
+  EXPECT_EQ(hits["cache_aware"], 9 * 48);
+}
+
 TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {
   if (!testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
   ClusterSpec spec = CpuSpec(1, 1);

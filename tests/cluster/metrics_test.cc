@@ -103,6 +103,16 @@ TEST(MetricsTest, ClusterSeriesAfterLoad) {
             kRequests);
   EXPECT_EQ(Value(prefill, "duet:prefill_batch_tokens_sum", {"role=\"prefill\""}),
             20 + 21 + 22 + 23 + 24);
+  // Prefix cache: every prompt token was looked up (the prompts share nothing), and the router
+  // says why it chose the prefill node.
+  EXPECT_EQ(Value(prefill, "duet:prefix_cache_queries_total", {"role=\"prefill\""}),
+            20 + 21 + 22 + 23 + 24);
+  EXPECT_EQ(Value(prefill, "duet:prefix_cache_hits_total", {"role=\"prefill\""}), 0);
+  EXPECT_EQ(Value(prefill, "duet:prefix_cache_hit_rate", {"role=\"prefill\""}), 0);
+  EXPECT_GT(Value(prefill, "duet:prefix_cache_blocks", {"role=\"prefill\""}), 0);
+  EXPECT_EQ(Value(router, "duet:router_routing_decisions_total",
+                  {"policy=\"cache_aware\"", "reason=\"no_prefix_match\""}),
+            kRequests);
 
   // Every series the Grafana dashboard (deploy/) queries is one the cluster exports.
   std::ifstream in(std::string(DUET_SOURCE_DIR) + "/deploy/grafana/duet-dashboard.json");
