@@ -3,11 +3,13 @@
 // (decode_worker.cc); none of them blocks.
 #include "decode_node/decode_node.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/request_log.h"
 #include "common/base/status.h"
+#include "common/kv/block_hash.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/status_convert.h"
 #include "node/node_options.h"
@@ -25,8 +27,8 @@ sched::SchedulerConfig SchedulerConfigFor(const DecodeNodeOptions& o, const Engi
   c.block_size = engine.kv_layout().block_size;
   c.max_sequences = o.max_num_seqs;
   c.enable_preemption = true;
-  // Decode nodes get KV from prefill nodes and never look a prefix up; colocated nodes do.
-  c.enable_prefix_caching = o.enable_prefix_caching && o.role == sched::Role::kColocated;
+  // Colocated nodes look prompts up at admission; decode nodes at Reserve (DoReserve).
+  c.enable_prefix_caching = o.enable_prefix_caching;
   c.model_id = o.model_id;
   return c;
 }
@@ -194,6 +196,11 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   r->num_prompt_tokens = n;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
   r->cache_salt = request.cache_salt();
+  // Full-block hashes of the prompt, for the prefix-cache lookup below.
+  const std::vector<kv::BlockHash> prompt_hashes =
+      options_.enable_prefix_caching && ids == n
+          ? kv::HashBlocks(options_.model_id, request.cache_salt(), r->prompt, layout.block_size)
+          : std::vector<kv::BlockHash>{};
   if (resumed > 0) {
     DUET_RETURN_IF_ERROR(r->completion.Resume(
         absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed))));
@@ -205,15 +212,25 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
     return absl::AlreadyExistsError(
         absl::StrCat("request ", request.request_id(), " is already on node ", options_.node_id));
   }
+  // Decode-side prefix reuse (a conversation continuing on this node): the prompt's leading
+  // blocks this node holds already are not sent again. Never the block of the last prompt
+  // token, which carries the first token.
+  const absl::Span<const kv::BlockHash> hashes =
+      absl::MakeConstSpan(prompt_hashes)
+          .subspan(0, std::min(prompt_hashes.size(),
+                               static_cast<size_t>((n - 1) / layout.block_size)));
+  const int64_t hit = blocks_.LookupPrefix(hashes);
+  const int64_t hit_evictable = blocks_.CountEvictable(hashes, hit);
   // Keep one block per running sequence free for its next decode position, so a reservation
   // does not preempt sequences that are already decoding.
   const int64_t headroom = scheduler_.num_running();
-  if (blocks_.num_free() - needed < headroom) {
+  if (blocks_.num_free() - hit_evictable - (needed - hit) < headroom) {
     return rpc::WithRetryAfter(
         absl::ResourceExhaustedError(
             absl::StrCat("node ", options_.node_id, " has ", blocks_.num_free(),
-                         " free KV blocks; request ", request.request_id(), " needs ", needed,
-                         " and ", headroom, " stay free for the running sequences")),
+                         " free KV blocks; request ", request.request_id(), " needs ",
+                         needed - hit, " (", hit, " more are cached) and ", headroom,
+                         " stay free for the running sequences")),
         options_.retry_after);
   }
   absl::StatusOr<std::vector<int32_t>> slot = tail_slots_.Allocate(1);
@@ -223,9 +240,11 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
                                    options_.max_num_seqs, " sequences (max_num_seqs)")),
                                options_.retry_after);
   }
+  std::vector<int32_t> prefix = blocks_.AcquirePrefix(hashes, hit);
   absl::StatusOr<kv::Reservation> res =
-      reservations_.Reserve(r->id, needed, absl::Milliseconds(request.lease_ms()));
+      reservations_.Reserve(r->id, needed, absl::Milliseconds(request.lease_ms()), prefix);
   if (!res.ok()) {
+    (void)blocks_.Release(prefix);
     (void)tail_slots_.Release(*slot);
     if (res.status().code() == absl::StatusCode::kResourceExhausted) {
       return rpc::WithRetryAfter(res.status(), options_.retry_after);
@@ -234,11 +253,17 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   }
   r->reservation_id = res->reservation_id;
   r->tail_slot = (*slot)[0];
+  r->num_present_blocks = hit;
+  if (options_.enable_prefix_caching) {
+    reserve_prefix_stats_.queried_tokens += n;
+    reserve_prefix_stats_.hit_tokens += hit * layout.block_size;
+  }
   if (absl::Status s = Insert(r); !s.ok()) return s;  // cannot fail: checked above
 
   LogRequestEvent(r->id.value(), "reserved",
                   absl::StrCat("node=", options_.node_id, " reservation=", res->reservation_id,
-                               " blocks=", res->blocks.size(), " prompt_tokens=", n,
+                               " blocks=", res->blocks.size(), " cached_blocks=", hit,
+                               " prompt_tokens=", n,
                                " resumed_tokens=", resumed));
   v1::ReserveResponse response;
   response.set_reservation_id(res->reservation_id);
@@ -247,6 +272,7 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   response.set_num_blocks(static_cast<int32_t>(res->blocks.size()));
   response.set_block_size(static_cast<int32_t>(layout.block_size));
   response.set_kv_dtype(kv_dtype());
+  response.set_num_cached_blocks(static_cast<int32_t>(hit));
   return response;
 }
 
@@ -498,8 +524,12 @@ void DecodeNode::AddCounters(google::protobuf::Map<std::string, int64_t>* counte
   (*counters)["kv_checksum_errors"] = num_checksum_errors_;
   (*counters)["leases_expired"] = num_leases_expired_;
   (*counters)["preemptions"] = scheduler_.num_preemptions();
-  if (options_.role == sched::Role::kColocated) {
-    node::AddPrefixCacheCounters(scheduler_, blocks_, counters);
+  if (options_.enable_prefix_caching) {
+    // Colocated: prompts looked up at admission; decode: at reservation.
+    node::AddPrefixCacheCounters(options_.role == sched::Role::kColocated
+                                     ? scheduler_.prefix_cache_stats()
+                                     : reserve_prefix_stats_,
+                                 blocks_, counters);
   }
 }
 

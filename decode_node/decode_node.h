@@ -69,7 +69,10 @@ struct DecodeNodeOptions {
   int64_t max_num_seqs = 64;
   int64_t max_num_batched_tokens = 2048;
   int64_t prefill_chunk_tokens = 512;
-  // Colocated role: prefix caching as on prefill nodes (PrefillNodeOptions).
+  // Prefix caching. Colocated role: as on prefill nodes (PrefillNodeOptions). Decode role: the
+  // blocks of running sequences (prompt and generated tokens) stay cached, and a Reserve whose
+  // prompt starts with cached blocks takes them instead of receiving them again
+  // (ReserveResponse.num_cached_blocks).
   bool enable_prefix_caching = true;
   // A request that finished (or failed) before its StreamTokens opened keeps its result this
   // long.
@@ -221,6 +224,7 @@ class DecodeNode final : public v1::DecodeService::CallbackService {
   int64_t num_transfers_failed_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t num_checksum_errors_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t num_leases_expired_ ABSL_GUARDED_BY(mu_) = 0;
+  sched::PrefixCacheStats reserve_prefix_stats_ ABSL_GUARDED_BY(mu_);  // decode role
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
@@ -244,6 +248,7 @@ struct DecodeNode::Request {
   bool transfer_started = false;
   bool stream_opened = false;                        // StreamTokens (or Run) attached to the sink
   bool prefill_started = false;                      // Run: its first prefill chunk ran
+  int64_t num_present_blocks = 0;  // Reserve: leading blocks the prefix cache had (not sent)
   std::string cache_salt;                            // Run: RunRequest.cache_salt
   std::unique_ptr<kv::KvTransferReceiver> receiver;  // from the first chunk on
   std::shared_ptr<node::TokenSink> sink;

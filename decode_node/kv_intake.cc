@@ -226,6 +226,7 @@ absl::Status DecodeNode::HandleChunkLocked(PushKvReactor* reactor, const v1::KvC
     spec.num_layers = static_cast<int32_t>(layout.num_layers);
     spec.num_blocks = static_cast<int32_t>(kv::NumBlocksFor(layout, num_tokens));
     spec.num_tokens = num_tokens;
+    spec.num_present_blocks = static_cast<int32_t>(r->num_present_blocks);
     spec.expected_payload_bytes = [layout, num_tokens](int32_t lb, int32_t le, int32_t bb,
                                                        int32_t be) {
       return kv::KvPayloadBytes(layout, num_tokens, lb, le, bb, be);
@@ -323,6 +324,8 @@ absl::Status DecodeNode::StartDecoding(Request& r, const v1::KvChunk& last) {
                                  : r.prompt;
   spec.output = {first};
   spec.max_tokens = r.completion.sampling().max_tokens;
+  spec.cache_salt = r.cache_salt;
+  spec.cacheable = !r.prompt.empty();
   std::vector<int32_t> table = *blocks;
   if (absl::Status s = scheduler_.AddRunning(std::move(spec), std::move(table), tail_slot);
       !s.ok()) {

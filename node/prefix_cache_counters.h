@@ -17,7 +17,7 @@ namespace duet::node {
 // prefix_cache_queried_tokens and prefix_cache_hit_tokens (prompt positions looked up at
 // admission, and of them found cached), prefix_cache_blocks (blocks cached now, in use or
 // evictable) and prefix_cache_evictions.
-void AddPrefixCacheCounters(const sched::Scheduler& scheduler, const kv::BlockPool& pool,
+void AddPrefixCacheCounters(const sched::PrefixCacheStats& stats, const kv::BlockPool& pool,
                             google::protobuf::Map<std::string, int64_t>* counters);
 
 // The pool's KV events since the last call (BlockPool::TakeEvents), or a snapshot of every

@@ -174,7 +174,14 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
         absl::StrCat("the prompt needs ", needed, " KV blocks of ", layout.block_size,
                      " tokens; node ", options_.node_id, " has ", total_blocks_, " in all"));
   }
+  const int64_t max_skip = (n - 1) / layout.block_size;
+  if (request.decode_cached_blocks() < 0 || request.decode_cached_blocks() > max_skip) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PrefillRequest.decode_cached_blocks must be in [0, ", max_skip, "] for a prompt of ", n,
+        " tokens (the last token's block is always sent), got ", request.decode_cached_blocks()));
+  }
   kv::PlannerOptions planner_options;
+  planner_options.skip_blocks = request.decode_cached_blocks();
   planner_options.num_layers = static_cast<int32_t>(layout.num_layers);
   planner_options.num_tokens = n;
   planner_options.block_size = static_cast<int32_t>(layout.block_size);
@@ -312,7 +319,7 @@ void PrefillNode::AddCounters(google::protobuf::Map<std::string, int64_t>* count
   (*counters)["kv_transfer_us"] = transfer_us_.load();
   (*counters)["kv_transfer_tail_us"] = tail_us_.load();
   absl::MutexLock lock(&mu_);
-  node::AddPrefixCacheCounters(scheduler_, blocks_, counters);
+  node::AddPrefixCacheCounters(scheduler_.prefix_cache_stats(), blocks_, counters);
 }
 
 void PrefillNode::FinishJob(Job& job, const absl::Status& status) {

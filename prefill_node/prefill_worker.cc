@@ -89,6 +89,7 @@ absl::Status PrefillNode::RunChunk(Job& job, const sched::PrefillChunk& chunk) {
     }
     return absl::OkStatus();
   };
+  // (Blocks the decode node holds already are never planned: the planner skips them.)
   if (admission_chunk && chunk.num_cached > 0) {
     // The admission chunk starts after a cached prefix (full blocks, final in every layer):
     // send that KV now, while the chunk computes the rest.

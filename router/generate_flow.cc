@@ -349,6 +349,7 @@ GenerateCall::Attempt GenerateCall::RunDisaggregated(const NodeAssignment& decod
     request.set_reservation_id(reservation_id);
     request.set_decode_block_size(reservation.block_size());
     request.set_decode_kv_dtype(reservation.kv_dtype());
+    request.set_decode_cached_blocks(reservation.num_cached_blocks());
     request.set_cache_salt(resolved_->cache_salt);
     request.set_model_id(model.id);
     Track(&prefill->context, prefill->node);

@@ -81,15 +81,24 @@ PayloadBytesFn UniformCellPayloadBytes(int32_t num_blocks, int64_t full_cell_byt
 
 KvTransferReceiver::KvTransferReceiver(TransferSpec spec) : spec_(std::move(spec)) {
   if (spec_.num_layers < 1 || spec_.num_blocks < 1 || spec_.num_tokens < 1 ||
-      spec_.num_blocks > spec_.num_tokens || !spec_.expected_payload_bytes) {
+      spec_.num_blocks > spec_.num_tokens || !spec_.expected_payload_bytes ||
+      spec_.num_present_blocks < 0 || spec_.num_present_blocks >= spec_.num_blocks) {
     error_ = absl::InvalidArgumentError(absl::StrCat(
         "invalid transfer spec for request ", spec_.request_id, ": num_layers=", spec_.num_layers,
         " num_blocks=", spec_.num_blocks, " num_tokens=", spec_.num_tokens,
+        " num_present_blocks=", spec_.num_present_blocks,
         spec_.expected_payload_bytes ? "" : ", no expected_payload_bytes function"));
     return;
   }
   num_cells_ = static_cast<int64_t>(spec_.num_layers) * spec_.num_blocks;
   received_.assign(static_cast<size_t>(num_cells_), false);
+  // Blocks the receiver holds already count as received: a chunk covering one overlaps.
+  for (int32_t l = 0; l < spec_.num_layers; ++l) {
+    for (int32_t b = 0; b < spec_.num_present_blocks; ++b) {
+      received_[static_cast<size_t>(CellIndex(l, b))] = true;
+      ++cells_received_;
+    }
+  }
 }
 
 absl::Status KvTransferReceiver::Check(const KvChunkHeader& h, absl::Span<const uint8_t> payload,
@@ -231,6 +240,11 @@ absl::StatusOr<KvTransferPlanner> KvTransferPlanner::Create(PlannerOptions optio
     return absl::InvalidArgumentError("KV transfer planner: no payload_bytes function");
   }
   const int64_t num_blocks = (options.num_tokens + options.block_size - 1) / options.block_size;
+  if (options.skip_blocks < 0 || options.skip_blocks >= num_blocks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV transfer planner: skip_blocks (", options.skip_blocks,
+                     ") must be in [0, ", num_blocks, "): the last block is always sent"));
+  }
   if (num_blocks > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV transfer planner: ", num_blocks, " blocks do not fit in int32"));
@@ -252,7 +266,8 @@ absl::StatusOr<KvTransferPlanner> KvTransferPlanner::Create(PlannerOptions optio
 KvTransferPlanner::KvTransferPlanner(PlannerOptions options, int32_t num_blocks)
     : options_(std::move(options)),
       num_blocks_(num_blocks),
-      sent_blocks_(static_cast<size_t>(options_.num_layers), 0) {}
+      sent_blocks_(static_cast<size_t>(options_.num_layers), options_.skip_blocks),
+      cells_planned_(static_cast<int64_t>(options_.num_layers) * options_.skip_blocks) {}
 
 absl::StatusOr<std::vector<ChunkRect>> KvTransferPlanner::OnLayersReady(int32_t layer_end) {
   return OnBlocksReady(layer_end, num_blocks_);

@@ -92,6 +92,10 @@ struct TransferSpec {
   int32_t num_blocks = 0;  // ceil(num_tokens / block_size)
   int64_t num_tokens = 0;
   PayloadBytesFn expected_payload_bytes;
+  // Blocks [0, num_present_blocks) the receiver holds already in every layer (a decode node's
+  // prefix cache): they count as received, and a chunk that covers one overlaps. In
+  // [0, num_blocks).
+  int32_t num_present_blocks = 0;
 };
 
 // Decides, chunk by chunk, whether one transfer is valid; one receiver per transfer.
@@ -181,6 +185,9 @@ struct PlannerOptions {
   int64_t num_tokens = 0;
   int32_t block_size = 0;
   int64_t max_chunk_payload_bytes = 0;  // budget per chunk's payload
+  // Blocks [0, skip_blocks) the receiver has already (TransferSpec::num_present_blocks): never
+  // planned. In [0, num_blocks).
+  int32_t skip_blocks = 0;
   // Payload bytes of a rectangle. REQUIRES: never decreases when a rectangle grows (true of any
   // per-cell sum, e.g. UniformCellPayloadBytes).
   PayloadBytesFn payload_bytes;

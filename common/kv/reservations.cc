@@ -29,28 +29,32 @@ ReservationTable::~ReservationTable() {
 }
 
 absl::StatusOr<Reservation> ReservationTable::Reserve(const RequestId& request_id,
-                                                      int64_t num_blocks, absl::Duration lease) {
+                                                      int64_t num_blocks, absl::Duration lease,
+                                                      std::vector<int32_t> prefix_blocks) {
   if (request_id.value().empty()) {
     return absl::InvalidArgumentError("KV reservation: empty request id");
   }
-  if (num_blocks < 1 || lease <= absl::ZeroDuration()) {
+  const int64_t fresh = num_blocks - static_cast<int64_t>(prefix_blocks.size());
+  if (num_blocks < 1 || lease <= absl::ZeroDuration() || fresh < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "KV reservation for request ", request_id.value(), ": num_blocks (", num_blocks,
-        ") and lease (", absl::FormatDuration(lease), ") must be positive"));
+        ") and lease (", absl::FormatDuration(lease), ") must be positive, with at least one ",
+        "block past the ", prefix_blocks.size(), " cached ones"));
   }
   SweepExpired();
   if (auto it = by_request_.find(request_id); it != by_request_.end()) {
     return absl::AlreadyExistsError(
         absl::StrCat("request ", request_id.value(), " already holds KV reservation ", it->second));
   }
-  if (!pool_->CanAllocate(num_blocks)) {
+  if (!pool_->CanAllocate(fresh)) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("KV reservation for request ", request_id.value(), " needs ", num_blocks,
+        absl::StrCat("KV reservation for request ", request_id.value(), " needs ", fresh,
                      " blocks; the pool has ", pool_->num_free(), " free of ", pool_->num_blocks(),
                      " (", num_reserved_blocks_, " held by ", by_id_.size(), " reservations)"));
   }
-  absl::StatusOr<std::vector<int32_t>> blocks = pool_->Allocate(num_blocks);
+  absl::StatusOr<std::vector<int32_t>> blocks = pool_->Allocate(fresh);
   if (!blocks.ok()) return blocks.status();
+  blocks->insert(blocks->begin(), prefix_blocks.begin(), prefix_blocks.end());
 
   Entry entry;
   entry.serial = next_serial_++;

@@ -63,8 +63,13 @@ class ReservationTable {
   // INVALID_ARGUMENT for an empty request id, num_blocks < 1 or lease <= 0; ALREADY_EXISTS when
   // the request already holds a live reservation; RESOURCE_EXHAUSTED (with the counts) when the
   // pool cannot supply them. On error nothing is held or changed (beyond the expiry sweep).
+  // `prefix_blocks` (a decode node's cached prefix of the prompt, one reference each held by
+  // the caller) start the reservation's blocks; only the rest, num_blocks - prefix_blocks.size(),
+  // is allocated. On success the reservation owns those references too; on error the caller
+  // still does.
   absl::StatusOr<Reservation> Reserve(const RequestId& request_id, int64_t num_blocks,
-                                      absl::Duration lease);
+                                      absl::Duration lease,
+                                      std::vector<int32_t> prefix_blocks = {});
 
   // Renews the lease: expires_at = Now() + lease. NOT_FOUND if unknown, claimed, released or
   // expired.

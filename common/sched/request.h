@@ -49,6 +49,9 @@ struct RequestSpec {
   // Prefix-cache namespace (GenerateRequest.cache_salt); used when the scheduler caches
   // prefixes (SchedulerConfig::enable_prefix_caching).
   std::string cache_salt;
+  // False when `prompt` holds placeholders, not the real tokens (a decode node reserved without
+  // the prompt's ids): its blocks are never hashed, cached or looked up.
+  bool cacheable = true;
 };
 
 enum class RequestState { kWaiting, kRunning };
@@ -76,6 +79,7 @@ struct Request {
   // are registered in the pool's cache, and the prompt positions the last admission found
   // cached (not recomputed).
   std::string cache_salt;
+  bool cacheable = true;
   std::vector<kv::BlockHash> block_hashes;
   int64_t num_cached_blocks = 0;
   int64_t num_prefix_hit_tokens = 0;

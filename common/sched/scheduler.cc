@@ -172,13 +172,14 @@ std::unique_ptr<Request> Scheduler::NewRequest(RequestSpec spec) {
   r->max_tokens = spec.max_tokens;
   r->prefill_end = r->num_tokens();
   r->cache_salt = std::move(spec.cache_salt);
+  r->cacheable = spec.cacheable;
   r->arrival_time = clock_->Now();
   ExtendHashes(r.get());
   return r;
 }
 
 void Scheduler::ExtendHashes(Request* r) const {
-  if (!config_.enable_prefix_caching) return;
+  if (!config_.enable_prefix_caching || !r->cacheable) return;
   const int64_t bs = config_.block_size;
   for (int64_t i = static_cast<int64_t>(r->block_hashes.size()); (i + 1) * bs <= r->num_tokens();
        ++i) {

@@ -51,7 +51,7 @@ constexpr int32_t kFirstToken = 4242;
 // Plans a whole-prompt transfer, one layer ready at a time, with random payload bytes.
 Transfer MakeTransfer(int32_t num_layers, int64_t num_tokens, int32_t block_size,
                       int64_t full_cell_bytes, int64_t last_cell_bytes, int64_t budget,
-                      std::mt19937* rng) {
+                      std::mt19937* rng, int32_t present_blocks = 0) {
   Transfer t;
   const auto num_blocks = static_cast<int32_t>((num_tokens + block_size - 1) / block_size);
   const PayloadBytesFn bytes =
@@ -61,11 +61,13 @@ Transfer MakeTransfer(int32_t num_layers, int64_t num_tokens, int32_t block_size
             .num_layers = num_layers,
             .num_blocks = num_blocks,
             .num_tokens = num_tokens,
-            .expected_payload_bytes = bytes};
+            .expected_payload_bytes = bytes,
+            .num_present_blocks = present_blocks};
   t.options = {.num_layers = num_layers,
                .num_tokens = num_tokens,
                .block_size = block_size,
                .max_chunk_payload_bytes = budget,
+               .skip_blocks = present_blocks,
                .payload_bytes = bytes};
   absl::StatusOr<KvTransferPlanner> planner = KvTransferPlanner::Create(t.options);
   EXPECT_TRUE(planner.ok()) << planner.status();
@@ -303,6 +305,40 @@ TEST(KvTransferReceiverTest, PlannedTransferRoundTrips) {
               t.spec.expected_payload_bytes(0, c.layers, 0, t.spec.num_blocks));
     EXPECT_EQ(rx.chunks_received(), t.chunks.size());
   }
+}
+
+// A decode node that holds the first blocks already (its prefix cache): the planner never
+// sends them, the receiver counts them as received and completes on the rest.
+TEST(KvTransferReceiverTest, PresentBlocksAreNeitherSentNorExpected) {
+  std::mt19937 rng(12);
+  for (const int32_t present : {1, 3, 4}) {
+    SCOPED_TRACE(testing::Message() << present << " present blocks");
+    const Transfer t = MakeTransfer(3, 70, 16, 64, 24, 100, &rng, present);  // 5 blocks
+    ASSERT_FALSE(t.chunks.empty());
+    KvTransferReceiver rx(t.spec);
+    for (const Chunk& c : t.chunks) {
+      EXPECT_GE(c.header.block_begin, present);
+      ASSERT_TRUE(Deliver(&rx, c).ok()) << rx.status();
+    }
+    EXPECT_TRUE(rx.complete());
+    EXPECT_EQ(rx.bytes_received(), t.spec.expected_payload_bytes(0, 3, present, 5));
+    // A chunk covering a present block overlaps it.
+    KvTransferReceiver again(t.spec);
+    KvChunkHeader h = t.chunks.front().header;
+    h.block_begin = 0;
+    const absl::Status s = Deliver(&again, MakeChunk(t, h));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(s.message(), HasSubstr("overlaps"));
+  }
+  // Everything present is not a transfer: the last block always travels (with the first
+  // token).
+  PlannerOptions options = MakeTransfer(1, 32, 16, 64, 64, 100, &rng).options;
+  options.skip_blocks = 2;
+  EXPECT_THAT(KvTransferPlanner::Create(options).status().message(),
+              HasSubstr("skip_blocks (2) must be in [0, 2)"));
+  TransferSpec spec = MakeTransfer(1, 32, 16, 64, 64, 100, &rng).spec;
+  spec.num_present_blocks = 2;
+  EXPECT_EQ(KvTransferReceiver(spec).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // ---- Receiver: every corruption and misuse -------------------------------------------------

@@ -233,6 +233,7 @@ v1::PrefillRequest PrefillFor(const std::string& request_id, const std::vector<i
   r.set_reservation_id(reservation.reservation_id());
   r.set_decode_block_size(reservation.block_size());
   r.set_decode_kv_dtype(reservation.kv_dtype());
+  r.set_decode_cached_blocks(reservation.num_cached_blocks());  // as the router does
   r.set_model_id("test-model");
   return r;
 }
@@ -248,9 +249,10 @@ ClusterResult RunDisaggregated(DecodeHarness& decode, PrefillHarness& prefill,
                                const v1::SamplingParams& sampling,
                                const std::string& cache_salt) {
   ClusterResult result;
-  v1::ReserveResponse reservation;
-  result.reserve =
-      CallReserve(*decode.stub, ReserveFor(request_id, prompt, sampling), &reservation);
+  v1::ReserveRequest reserve = ReserveFor(request_id, prompt, sampling);
+  reserve.set_cache_salt(cache_salt);
+  v1::ReserveResponse& reservation = result.reservation;
+  result.reserve = CallReserve(*decode.stub, reserve, &reservation);
   if (!result.reserve.ok()) return result;
   std::unique_ptr<TokenStreamCall> stream =
       TokenStreamCall::StreamTokens(*decode.stub, request_id, reservation.reservation_id());

@@ -136,6 +136,7 @@ grpc::Status CallPrefill(v1::PrefillService::Stub& stub, const v1::PrefillReques
 // One whole disaggregated request: Reserve, StreamTokens, Prefill, read the stream.
 struct ClusterResult {
   grpc::Status reserve;
+  v1::ReserveResponse reservation;
   grpc::Status prefill;
   v1::PrefillResponse prefill_response;
   StreamResult stream;

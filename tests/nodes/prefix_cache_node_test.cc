@@ -79,6 +79,50 @@ TEST_P(PrefixCacheNodeTest, SharedPrefixesAreReusedAndOutputsEqualACacheOffRun) 
   EXPECT_TRUE(AwaitPrefillIdle(*prefill));
 }
 
+// A conversation continuing on the same decode node: the decode node holds turn 1's blocks
+// (its prompt, transferred, and its generated tokens, decoded there), so turn 2's transfer
+// skips them -- fewer bytes on the wire -- and the output is still that of a cache-off run.
+TEST_P(PrefixCacheNodeTest, DecodeNodeReusesAConversationsBlocksAndReceivesOnlyTheNewOnes) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  DecodeSetup d;
+  d.backend = backend;
+  d.dtype = dtype;
+  std::unique_ptr<DecodeHarness> decode = StartDecode(d);
+  PrefillSetup p;
+  p.backend = backend;
+  p.dtype = dtype;
+  p.options.enable_prefix_caching = false;  // every byte the decode node needs is sent
+  std::unique_ptr<PrefillHarness> prefill = StartPrefill(p);
+  ASSERT_NE(decode, nullptr);
+  ASSERT_NE(prefill, nullptr);
+  const v1::SamplingParams sampling = Greedy(20);
+  const std::vector<int32_t> turn1 = Prompt(37, 61);
+  const ClusterResult r1 = RunDisaggregated(*decode, *prefill, "t-1", turn1, sampling, "s");
+  ASSERT_TRUE(r1.prefill.ok()) << r1.prefill.error_message();
+  ASSERT_TRUE(r1.stream.status.ok()) << r1.stream.status.error_message();
+  EXPECT_EQ(r1.reservation.num_cached_blocks(), 0);
+  // Turn 1 left 37 + 19 = 56 positions: 3 full blocks cached on the decode node.
+  const std::vector<int32_t> turn2 =
+      Concat(Concat(turn1, r1.stream.tokens), Prompt(11, 62));  // 37 + 20 + 11 = 68 tokens
+  const ClusterResult r2 = RunDisaggregated(*decode, *prefill, "t-2", turn2, sampling, "s");
+  ASSERT_TRUE(r2.reserve.ok()) << r2.reserve.error_message();
+  ASSERT_TRUE(r2.prefill.ok()) << r2.prefill.error_message();
+  ASSERT_TRUE(r2.stream.status.ok()) << r2.stream.status.error_message();
+  EXPECT_EQ(r2.reservation.num_cached_blocks(), 3);
+  EXPECT_EQ(r2.stream.tokens, SoloRun(backend, dtype, turn2, sampling));
+  // Turn 2 sent 2 of its 5 blocks; the same prompt to a fresh decode node sends all 5.
+  const ClusterResult cold = RunDisaggregated(*decode, *prefill, "t-3", turn2, sampling, "other");
+  ASSERT_TRUE(cold.prefill.ok()) << cold.prefill.error_message();
+  EXPECT_EQ(cold.reservation.num_cached_blocks(), 0);
+  EXPECT_EQ(cold.stream.tokens, r2.stream.tokens);
+  EXPECT_LT(r2.prefill_response.transfer_bytes() * 2, cold.prefill_response.transfer_bytes());
+  google::protobuf::Map<std::string, int64_t> counters;
+  decode->node->AddCounters(&counters);
+  EXPECT_EQ(counters["prefix_cache_hit_tokens"], 48);
+  EXPECT_TRUE(AwaitDecodeIdle(*decode));
+}
+
 INSTANTIATE_TEST_SUITE_P(
     BackendsAndDtypes, PrefixCacheNodeTest,
     ::testing::Combine(::testing::Values("cpu", "vulkan"),
