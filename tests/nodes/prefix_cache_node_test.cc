@@ -25,21 +25,31 @@ std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& 
   return a;
 }
 
-TEST_P(PrefixCacheNodeTest, SharedPrefixesAreReusedAndOutputsEqualACacheOffRun) {
-  const auto& [backend, dtype] = GetParam();
-  if (backend == "vulkan" && !testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+// A decode node and a prefill node on `backend` with `dtype` KV. The prefill node's chunks of
+// 20 tokens end inside blocks (so reuse starts mid-chunk-grid), one layer per group, small
+// KvChunks.
+struct Pair {
+  std::unique_ptr<DecodeHarness> decode;
+  std::unique_ptr<PrefillHarness> prefill;
+};
+Pair StartPair(const std::string& backend, kv::CacheDtype dtype, bool prefill_caching) {
   DecodeSetup d;
   d.backend = backend;
   d.dtype = dtype;
-  std::unique_ptr<DecodeHarness> decode = StartDecode(d);
   PrefillSetup p;
   p.backend = backend;
   p.dtype = dtype;
-  // Chunks of 20 tokens end inside blocks, so reuse starts mid-chunk-grid; small KvChunks.
   p.options.prefill_chunk_tokens = 20;
   p.options.layers_per_group = 1;
   p.options.max_chunk_bytes = 4096;
-  std::unique_ptr<PrefillHarness> prefill = StartPrefill(p);
+  p.options.enable_prefix_caching = prefill_caching;
+  return Pair{StartDecode(d), StartPrefill(p)};
+}
+
+TEST_P(PrefixCacheNodeTest, SharedPrefixesAreReusedAndOutputsEqualACacheOffRun) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  auto [decode, prefill] = StartPair(backend, dtype, /*prefill_caching=*/true);
   ASSERT_NE(decode, nullptr);
   ASSERT_NE(prefill, nullptr);
 
@@ -85,15 +95,8 @@ TEST_P(PrefixCacheNodeTest, SharedPrefixesAreReusedAndOutputsEqualACacheOffRun) 
 TEST_P(PrefixCacheNodeTest, DecodeNodeReusesAConversationsBlocksAndReceivesOnlyTheNewOnes) {
   const auto& [backend, dtype] = GetParam();
   if (backend == "vulkan" && !testing::HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
-  DecodeSetup d;
-  d.backend = backend;
-  d.dtype = dtype;
-  std::unique_ptr<DecodeHarness> decode = StartDecode(d);
-  PrefillSetup p;
-  p.backend = backend;
-  p.dtype = dtype;
-  p.options.enable_prefix_caching = false;  // every byte the decode node needs is sent
-  std::unique_ptr<PrefillHarness> prefill = StartPrefill(p);
+  // No prefill-side cache: every byte the decode node lacks is sent.
+  auto [decode, prefill] = StartPair(backend, dtype, /*prefill_caching=*/false);
   ASSERT_NE(decode, nullptr);
   ASSERT_NE(prefill, nullptr);
   const v1::SamplingParams sampling = Greedy(20);
