@@ -13,7 +13,7 @@ using ::testing::HasSubstr;
 
 TEST(ShapesTest, FindsEveryNamedShape) {
   for (const char* name :
-       {"tiny", "smollm2-135m", "tinyllama-1.1b", "llama-3.2-1b", "qwen2.5-0.5b"}) {
+       {"tiny", "tiny-4k", "smollm2-135m", "tinyllama-1.1b", "llama-3.2-1b", "qwen2.5-0.5b"}) {
     absl::StatusOr<ModelShape> shape = FindShape(name);
     ASSERT_TRUE(shape.ok()) << shape.status();
     EXPECT_EQ(shape->name, name);
@@ -21,7 +21,7 @@ TEST(ShapesTest, FindsEveryNamedShape) {
     EXPECT_EQ(shape->num_heads % shape->num_kv_heads, 0) << name;
     EXPECT_EQ(shape->hidden_dim, shape->num_heads * shape->head_dim) << name;
   }
-  EXPECT_EQ(AllShapes().size(), 5u);
+  EXPECT_EQ(AllShapes().size(), 6u);
 }
 
 TEST(ShapesTest, UnknownShapeListsValidNames) {
@@ -30,7 +30,7 @@ TEST(ShapesTest, UnknownShapeListsValidNames) {
   EXPECT_EQ(shape.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(shape.status().message(), HasSubstr("'gpt-5'"));
   EXPECT_THAT(shape.status().message(),
-              HasSubstr("tiny, smollm2-135m, tinyllama-1.1b, llama-3.2-1b, qwen2.5-0.5b"));
+              HasSubstr("tiny, tiny-4k, smollm2-135m, tinyllama-1.1b, llama-3.2-1b, qwen2.5-0.5b"));
 }
 
 // The numbers come from each model's public config.json.
