@@ -10,7 +10,7 @@
 #           16 output tokens; 1 prefill + 1 decode node, cache off vs on.
 #   turns:  4-turn conversations (each turn adds the reply and a new 200-token message to a
 #           1,000-token start), cache off vs on.
-#   tenants: 4 different 1,000-token system prompts over 2 prefill nodes (+1 decode node),
+#   tenants: 3 different 1,000-token system prompts over 2 prefill nodes (+1 decode node),
 #           round-robin vs cache-aware routing: the cluster-wide hit rate and TTFT.
 set -euo pipefail
 BUILD=${1:-build/release}
@@ -30,7 +30,7 @@ run() {  # name, cluster flags..., --, loadgen flags...
       --log-level error "${cluster[@]}" > "$OUT/$name.cluster.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 600); do
-    grep -q "serving" "$OUT/$name.cluster.log" 2>/dev/null && break
+    grep -q "duet cluster: serving" "$OUT/$name.cluster.log" 2>/dev/null && break
     kill -0 $pid 2>/dev/null || { cat "$OUT/$name.cluster.log"; exit 1; }
     sleep 0.5
   done
@@ -53,7 +53,7 @@ run system-cache-on --prefill 1 --decode 1 -- "${SYSTEM[@]}"
 TURNS=(--requests 4 --turns 4 --shared-prefix-len 1000 --num-prefixes 4 --prompt-len 200 --output-len 16)
 run turns-cache-off --prefill 1 --decode 1 --set scheduler.enable_prefix_caching=false -- "${TURNS[@]}"
 run turns-cache-on --prefill 1 --decode 1 -- "${TURNS[@]}"
-TENANTS=(--requests 16 --shared-prefix-len 1000 --num-prefixes 4 --prompt-len 100 --output-len 16)
+TENANTS=(--requests 18 --shared-prefix-len 1000 --num-prefixes 3 --prompt-len 100 --output-len 16)
 run tenants-round-robin --prefill 2 --decode 1 --set router.routing_policy=round_robin -- "${TENANTS[@]}"
 run tenants-cache-aware --prefill 2 --decode 1 --set router.routing_policy=cache_aware -- "${TENANTS[@]}"
 echo "JSON per run in $OUT"
