@@ -198,6 +198,19 @@ TEST(DuetClusterCliTest, LoadgenSharedPrefixesAndTurns) {
     EXPECT_NEAR(hit_rate, cached / prompt, 1e-6) << from;
   }
 
+  // With the prefixes warmed up (and the nodes' prefix cache on, the default), every measured
+  // request finds its 2-block shared prefix cached on the one prefill node.
+  const std::string warm_json = ::testing::TempDir() + "/loadgen_warm.json";
+  Process warm({DUET_BINARY, "loadgen", "--addr", address, "--concurrency", "1", "--requests", "4",
+                "--prompt-len", "5", "--output-len", "2", "--shared-prefix-len", "32",
+                "--num-prefixes", "2", "--warmup", "2", "--json", warm_json});
+  const std::string warm_table = warm.ReadAll();
+  ASSERT_EQ(warm.Wait(), 0) << warm_table;
+  const std::string warm_report = ReadText(warm_json);
+  EXPECT_THAT(warm_report, HasSubstr("\"warmup\": 2"));
+  EXPECT_EQ(JsonNumber(warm_report, "prompt_tokens"), 4 * (32 + 5));
+  EXPECT_EQ(JsonNumber(warm_report, "cached_prompt_tokens"), 4 * 32);
+
   // A shared prefix longer than the model's context: caught before anything is sent.
   const std::string err = ::testing::TempDir() + "/loadgen_prefix.err";
   Process too_long({DUET_BINARY, "loadgen", "--addr", address, "--rate", "1", "--shared-prefix-len",
@@ -229,6 +242,7 @@ TEST(DuetClusterCliTest, LoadgenRejectsBadPrefixCacheFlags) {
        "--num-prefixes cannot be combined with --dataset: it shapes random-token prompts"},
       {{"--dataset", "/nonexistent.jsonl", "--turns", "2"},
        "--turns cannot be combined with --dataset: it shapes random-token prompts"},
+      {{"--warmup", "-1"}, "--warmup must be in [0, 100000], got -1"},
   };
   for (const auto& [flags, message] : cases) {
     SCOPED_TRACE(message);

@@ -1,7 +1,7 @@
 // duet loadgen --addr HOST:PORT [--rate R[,R2,...] | --concurrency C] [--requests N]
 //   [--prompt-len N|A:B] [--output-len N|A:B] [--dataset FILE.jsonl] [--shared-prefix-len N]
-//   [--num-prefixes K] [--turns T] [--cache-salt S] [--ttft-slo-ms X] [--tpot-slo-ms Y]
-//   [--goodput] [--seed S] [--json FILE]
+//   [--num-prefixes K] [--turns T] [--cache-salt S] [--warmup N] [--ttft-slo-ms X]
+//   [--tpot-slo-ms Y] [--goodput] [--seed S] [--json FILE]
 //
 // Load against any Duet router. Arrivals are open-loop Poisson at --rate conversations/s (each
 // starts on schedule whether or not earlier ones finished), or a closed loop of --concurrency
@@ -16,7 +16,8 @@
 // tokens turn k generated and a new suffix of --prompt-len tokens. Every turn is a request in
 // the statistics. --cache-salt sets GenerateRequest.cache_salt on every request. With one seed,
 // each conversation's first-turn suffix and output length stay the same whatever the prefix and
-// turn flags, so runs with and without them compare on one workload.
+// turn flags, so runs with and without them compare on one workload. --warmup N first sends N
+// conversations (the same shared prefixes, suffixes of their own) one at a time, unmeasured.
 //
 // Reports per rate: time to first token, inter-token latency, time per output token and
 // end-to-end latency (mean, p50, p90, p99), request and output-token throughput, the prefix-cache
@@ -461,7 +462,7 @@ void PrintTable(const std::vector<RunResult>& runs) {
 int RunLoadgen(const Args& args) {
   std::string address, dataset, json_path, rates_text, cache_salt, prompt_len_text = "128",
                                                                    output_len_text = "32";
-  int64_t concurrency = 0, requests = 32, seed = 1;
+  int64_t concurrency = 0, requests = 32, seed = 1, warmup = 0;
   double ttft_slo_ms = 1000, tpot_slo_ms = 100;
   bool goodput = false;
   Workload workload;
@@ -483,6 +484,9 @@ int RunLoadgen(const Args& args) {
                 "turns per conversation, each extending the last turn's prompt and output "
                 "(default 1)");
   parser.AddString("cache-salt", &cache_salt, "GenerateRequest.cache_salt of every request");
+  parser.AddInt("warmup", &warmup,
+                "send N requests (same shared prefixes, other suffixes) one at a time first, "
+                "unmeasured (default 0)");
   parser.AddDouble("ttft-slo-ms", &ttft_slo_ms, "TTFT SLO for goodput, ms (default 1000)");
   parser.AddDouble("tpot-slo-ms", &tpot_slo_ms,
                    "time-per-output-token SLO for goodput, ms (default 100)");
@@ -501,6 +505,9 @@ int RunLoadgen(const Args& args) {
   }
   if (rates.empty() == (concurrency == 0)) {
     return UsageError(kCmd, "give exactly one of --rate and --concurrency");
+  }
+  if (warmup < 0 || warmup > 100000) {
+    return UsageError(kCmd, absl::StrCat("--warmup must be in [0, 100000], got ", warmup));
   }
   if (concurrency < 0 || concurrency > 4096) {
     return UsageError(kCmd, absl::StrCat("--concurrency must be in [1, 4096], got ", concurrency));
@@ -549,6 +556,21 @@ int RunLoadgen(const Args& args) {
   if (!items.ok()) return UsageError(kCmd, std::string(items.status().message()));
 
   const Settings settings{ttft_slo_ms, tpot_slo_ms, static_cast<uint64_t>(seed), cache_salt};
+  if (warmup > 0) {
+    // As vLLM's benchmark_prefix_caching warms its cache: conversations with the same shared
+    // prefixes (the prefix generator depends on the seed only) and suffixes of their own.
+    std::mt19937_64 warm_rng(static_cast<uint64_t>(seed) ^ 0x9e3779b97f4a7c15ULL);
+    absl::StatusOr<std::vector<Item>> warm =
+        MakeItems(workload, pool, warmup, model, static_cast<uint64_t>(seed), warm_rng);
+    if (!warm.ok()) return UsageError(kCmd, std::string(warm.status().message()));
+    const RunResult w = RunLoad(*stub, *warm, 0, 1, settings);
+    if (w.failed > 0) {
+      return Fail(kCmd, absl::UnavailableError(
+                            absl::StrCat("a warm-up request failed: ", w.first_error)));
+    }
+    std::fprintf(stderr, "%s: warm-up: %lld requests, TTFT mean %.1f ms (not counted)\n", kCmd,
+                 static_cast<long long>(w.requests), w.ttft_ms.mean);
+  }
   std::vector<RunResult> runs;
   auto run = [&](double rate) {
     runs.push_back(RunLoad(*stub, *items, rate, concurrency, settings));
@@ -612,7 +634,8 @@ int RunLoadgen(const Args& args) {
         ", \"tpot_slo_ms\": ", JsonFloat(static_cast<float>(tpot_slo_ms)), ", \"seed\": ", seed,
         ", \"shared_prefix_len\": ", workload.shared_prefix_len,
         ", \"num_prefixes\": ", workload.num_prefixes, ", \"turns\": ", workload.turns,
-        ", \"cache_salt\": ", JsonString(cache_salt), "},\n \"runs\": [\n",
+        ", \"cache_salt\": ", JsonString(cache_salt), ", \"warmup\": ", warmup,
+        "},\n \"runs\": [\n",
         absl::StrJoin(rows, ",\n"),
         "\n ],\n \"goodput_requests_per_s\": ", JsonFloat(static_cast<float>(goodput_rate)),
         "\n}\n");
