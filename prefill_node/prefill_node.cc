@@ -101,26 +101,15 @@ grpc::ServerUnaryReactor* PrefillNode::Prefill(grpc::CallbackServerContext* /*co
                                                const v1::PrefillRequest* request,
                                                v1::PrefillResponse* response) {
   auto* reactor = new PrefillReactor(this);
-  absl::StatusOr<std::shared_ptr<Job>> job = NewJob(*request, response);
-  if (!job.ok()) {
-    reactor->Finish(rpc::ToGrpcStatus(job.status()));
-    return reactor;
-  }
-  absl::MutexLock lock(&mu_);
-  reactor->id = (*job)->id;
-  reactor->serial = (*job)->serial;
-  if ((*job)->failure.ok() && (*job)->reactor == nullptr && jobs_.contains((*job)->id)) {
-    (*job)->reactor = reactor;
-  } else {
-    // It ended before the reactor was attached (the sender failed at once).
-    reactor->Finish(rpc::ToGrpcStatus(
-        (*job)->failure.ok() ? absl::InternalError("the request ended early") : (*job)->failure));
-  }
+  // NewJob attaches the reactor before the job can run: a request served from the prefix cache
+  // can finish before this handler would get the lock again.
+  absl::StatusOr<std::shared_ptr<Job>> job = NewJob(*request, response, reactor);
+  if (!job.ok()) reactor->Finish(rpc::ToGrpcStatus(job.status()));
   return reactor;
 }
 
 absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
-    const v1::PrefillRequest& request, v1::PrefillResponse* response) {
+    const v1::PrefillRequest& request, v1::PrefillResponse* response, PrefillReactor* reactor) {
   if (request.request_id().empty()) {
     return absl::InvalidArgumentError("PrefillRequest.request_id is empty");
   }
@@ -226,6 +215,9 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
   job->serial = next_serial_++;
   job->arrival = clock_->Now();
   job->in_scheduler = true;
+  job->reactor = reactor;
+  reactor->id = job->id;
+  reactor->serial = job->serial;
   const RequestId id = job->id;
   const uint64_t serial = job->serial;
   job->sender = std::make_unique<KvSender>(*channel, request.decode_address(), request.request_id(),

@@ -128,8 +128,11 @@ class PrefillNode final : public v1::PrefillService::CallbackService {
   PrefillNode(const PrefillNodeOptions& options, Engine* engine, const Tokenizer* tokenizer);
 
   // prefill_node.cc
+  // Creates the job, queues it and attaches `reactor` (which FinishJob finishes), all under mu_.
+  // On error nothing is queued and the caller finishes the reactor.
   absl::StatusOr<std::shared_ptr<Job>> NewJob(const v1::PrefillRequest& request,
-                                              v1::PrefillResponse* response);
+                                              v1::PrefillResponse* response,
+                                              PrefillReactor* reactor);
   absl::StatusOr<std::shared_ptr<grpc::Channel>> ChannelFor(const std::string& address)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Post(Task task);
