@@ -588,6 +588,10 @@ absl::Status GenerateCall::BadEnd(const NodeAssignment& node) const {
 }
 
 void GenerateCall::OnPrefillDone(PrefillCall* prefill, grpc::Status status) {
+  // The prompt is no longer queued on the prefill node, whatever the outcome: take its charge
+  // back now rather than at the node's next heartbeat, or cache-aware routing would see a busy
+  // node that is idle (and send the next request with the same prefix elsewhere).
+  state_->registry().CancelAssignment(prefill->node);
   absl::MutexLock lock(&mu_);
   prefill->status = std::move(status);
   prefill->done = true;

@@ -194,8 +194,8 @@ class NodeRegistry {
   absl::StatusOr<NodeAssignment> PickPrefill(int64_t num_tokens, const PickOptions& options = {});
 
   // Takes back the charge of an assignment whose work never reached the node (e.g. Reserve
-  // failed). No effect when the node re-registered or sent a heartbeat since (the charge is gone
-  // already).
+  // failed) or is no longer queued there (a prefill that returned). No effect when the node
+  // re-registered or sent a heartbeat since (the charge is gone already).
   void CancelAssignment(const NodeAssignment& assignment);
 
   // True when the node with this incarnation is registered and not silent.

@@ -523,6 +523,10 @@ TEST(ClusterTest, CacheAwareRoutingReusesMorePrefixesThanRoundRobin) {
     SCOPED_TRACE(policy);
     ClusterSpec spec = CpuSpec(2, 1);
     spec.overrides.push_back("router.routing_policy=" + policy);
+    // A heartbeat that lands during a prefill reports its queued tokens until the next one;
+    // weighing cached tokens 2x keeps such a stale report (one short prompt) from outweighing
+    // a 48-token prefix, so the outcome does not depend on heartbeat timing under load.
+    spec.overrides.push_back("router.cache_overlap_weight=2");
     std::unique_ptr<Cluster> cluster = MustStart(spec);
     ASSERT_NE(cluster, nullptr);
     auto stub = ClientStub(*cluster);
@@ -538,16 +542,29 @@ TEST(ClusterTest, CacheAwareRoutingReusesMorePrefixesThanRoundRobin) {
       EXPECT_EQ(r.tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompt, nodes_test::Greedy(4)));
       hits[policy] += r.usage.cached_prompt_tokens();
     }
-    // The router's view of the caches comes from the nodes' events: both nodes hold blocks.
+    // The router's view of each prefill node's cache converges on the node's own (its KV
+    // events): the 3 full blocks of every prompt it prefilled.
     auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster->router_address()));
-    grpc::ClientContext context;
-    v1::ListNodesResponse nodes;
-    ASSERT_TRUE(control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok());
-    for (const v1::NodeInfo& n : nodes.nodes()) {
-      if (n.role() == v1::NODE_ROLE_PREFILL) {
-        EXPECT_GT(n.num_cached_blocks(), 0) << n.node_id();
+    int64_t router_total = 0;
+    bool agreed = false;
+    for (int attempt = 0; attempt < 100 && !agreed; ++attempt) {
+      grpc::ClientContext context;
+      v1::ListNodesResponse nodes;
+      ASSERT_TRUE(control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok());
+      bool agree = true;
+      router_total = 0;
+      for (const v1::NodeInfo& n : nodes.nodes()) {
+        if (n.role() != v1::NODE_ROLE_PREFILL) continue;
+        router_total += n.num_cached_blocks();
+        agree = agree && n.num_cached_blocks() ==
+                             Counter(Status(cluster->Find(n.node_id())->address),
+                                     "prefix_cache_blocks");
       }
+      agreed = agree;
+      if (!agreed) absl::SleepFor(absl::Milliseconds(50));
     }
+    EXPECT_TRUE(agreed);
+    EXPECT_GE(router_total, 3 * 3);
   }
   // Round-robin: request i (prompt i mod 3) meets its prompt on node i mod 2 only from i = 6.
   EXPECT_EQ(hits["round_robin"], 6 * 48);
