@@ -70,7 +70,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(std::string_view ta
   args.SetMaxSendMessageSize(options.max_send_message_bytes);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
               ToMillisArg(options.initial_reconnect_backoff));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, ToMillisArg(options.initial_reconnect_backoff));
+  // Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC core takes it as the minimum *connect timeout*
+  // (a connection attempt's deadline, default 20 s), so setting it to the 100 ms backoff made
+  // every TCP + HTTP/2 handshake that took longer under load fail ("tcp handshaker shutdown").
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, ToMillisArg(options.max_reconnect_backoff));
   return grpc::CreateCustomChannel(std::string(target), grpc::InsecureChannelCredentials(), args);
 }
