@@ -27,7 +27,7 @@ run() {  # name, cluster flags..., --, loadgen flags...
   while [ "$1" != "--" ]; do cluster+=("$1"); shift; done; shift
   loadgen=("$@")
   "$DUET" cluster --model "$MODEL" --port "$PORT" --backend vulkan --kv-blocks 1024 \
-      --log-level error "${cluster[@]}" > "$OUT/$name.cluster.log" 2>&1 &
+      --log-level "${LOG_LEVEL:-info}" "${cluster[@]}" > "$OUT/$name.cluster.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 600); do
     grep -q "duet cluster: serving" "$OUT/$name.cluster.log" 2>/dev/null && break

@@ -218,7 +218,7 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   const absl::Span<const kv::BlockHash> hashes =
       absl::MakeConstSpan(prompt_hashes)
           .subspan(0, std::min(prompt_hashes.size(),
-                               static_cast<size_t>((n - 1) / layout.block_size)));
+                               static_cast<size_t>(kv::MaxReusedBlocks(n, layout.block_size))));
   const int64_t hit = blocks_.LookupPrefix(hashes);
   const int64_t hit_evictable = blocks_.CountEvictable(hashes, hit);
   // Keep one block per running sequence free for its next decode position, so a reservation

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/request_log.h"
 #include "common/base/status.h"
+#include "common/kv/block_hash.h"
 #include "common/kv/kv_payload.h"
 #include "common/rpc/channel.h"
 #include "common/rpc/status_convert.h"
@@ -163,7 +164,7 @@ absl::StatusOr<std::shared_ptr<PrefillNode::Job>> PrefillNode::NewJob(
         absl::StrCat("the prompt needs ", needed, " KV blocks of ", layout.block_size,
                      " tokens; node ", options_.node_id, " has ", total_blocks_, " in all"));
   }
-  const int64_t max_skip = (n - 1) / layout.block_size;
+  const int64_t max_skip = kv::MaxReusedBlocks(n, layout.block_size);
   if (request.decode_cached_blocks() < 0 || request.decode_cached_blocks() > max_skip) {
     return absl::InvalidArgumentError(absl::StrCat(
         "PrefillRequest.decode_cached_blocks must be in [0, ", max_skip, "] for a prompt of ", n,

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/kv/block_hash.h"
 #include "common/rpc/status_convert.h"
 
 namespace duet::router {
@@ -208,19 +209,23 @@ absl::StatusOr<NodeAssignment> NodeRegistry::PickPrefill(int64_t num_tokens,
     int64_t queued;
     int64_t cached_tokens;
   };
+  const int64_t reusable =
+      options.prefix_block_size > 0
+          ? std::min(static_cast<int64_t>(options.prefix_hashes.size()),
+                     kv::MaxReusedBlocks(num_tokens, options.prefix_block_size))
+          : 0;
   std::vector<Candidate> candidates;
   for (auto& [id, entry] : nodes_) {
     if (entry.spec.role != NodeRole::kPrefill || !IsLiveLocked(entry) || entry.draining) continue;
     if (Contains(options.exclude, id)) continue;
+    // As the node will reuse them: leading blocks, never the last token's.
     int64_t cached_blocks = 0;
-    while (cached_blocks < static_cast<int64_t>(options.prefix_hashes.size()) &&
+    while (cached_blocks < reusable &&
            entry.cached_blocks.contains(options.prefix_hashes[static_cast<size_t>(cached_blocks)])) {
       ++cached_blocks;
     }
-    // The last prompt token always runs.
-    const int64_t cached = std::min(cached_blocks * options.prefix_block_size, num_tokens - 1);
     candidates.push_back({&entry, entry.reported.queued_prefill_tokens + entry.pending_tokens,
-                          std::max<int64_t>(cached, 0)});
+                          cached_blocks * options.prefix_block_size});
   }
   if (candidates.empty()) {
     return Unavailable(options.exclude.empty()

@@ -34,6 +34,13 @@ using BlockHash = uint64_t;
 BlockHash HashBlock(BlockHash parent, std::string_view model_id, std::string_view cache_salt,
                     absl::Span<const int32_t> block_tokens);
 
+// The most leading blocks of a prompt of num_tokens tokens that may be reused from a cache:
+// the block holding the last token is always computed (its logits give the first token) and,
+// in a transfer, always sent (it carries that token). REQUIRES: num_tokens >= 1, block_size > 0.
+inline int64_t MaxReusedBlocks(int64_t num_tokens, int64_t block_size) {
+  return (num_tokens - 1) / block_size;
+}
+
 // The hashes of the full blocks of `tokens` (tokens.size() / block_size of them), in order.
 // REQUIRES: block_size > 0.
 std::vector<BlockHash> HashBlocks(std::string_view model_id, std::string_view cache_salt,

@@ -206,9 +206,8 @@ void Scheduler::CacheComputedBlocks(Request* r) {
 Scheduler::PrefixHit Scheduler::LookupPrefix(Request* r) const {
   PrefixHit hit;
   if (!config_.enable_prefix_caching || r->num_computed != 0) return hit;
-  // The last prefill position always runs (it gives the logits to sample from).
   const int64_t limit = std::min(static_cast<int64_t>(r->block_hashes.size()),
-                                 (r->prefill_end - 1) / config_.block_size);
+                                 kv::MaxReusedBlocks(r->prefill_end, config_.block_size));
   const absl::Span<const kv::BlockHash> hashes =
       absl::MakeConstSpan(r->block_hashes).subspan(0, static_cast<size_t>(std::max<int64_t>(limit, 0)));
   hit.blocks = blocks_->LookupPrefix(hashes);

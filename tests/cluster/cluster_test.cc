@@ -41,20 +41,6 @@ using ::testing::HasSubstr;
 
 constexpr absl::Duration kRequestTimeout = absl::Seconds(120);
 
-// A cluster on the CPU backend with FP8 KV (the wire default), fast heartbeats.
-ClusterSpec CpuSpec(int num_prefill, int num_decode) {
-  ClusterSpec spec;
-  spec.model_path = nodes_test::TestModelFile();
-  spec.num_prefill = num_prefill;
-  spec.num_decode = num_decode;
-  spec.overrides = {"heartbeat_interval_ms=100", "heartbeat_timeout_ms=1500"};
-  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "96",
-                    "--max-num-seqs", "16"};
-  spec.log_level = "error";
-  spec.ready_timeout = absl::Seconds(60);
-  return spec;
-}
-
 std::unique_ptr<Cluster> MustStart(const ClusterSpec& spec) {
   absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(spec);
   EXPECT_TRUE(cluster.ok()) << cluster.status();
@@ -63,17 +49,6 @@ std::unique_ptr<Cluster> MustStart(const ClusterSpec& spec) {
 
 std::unique_ptr<v1::Duet::Stub> ClientStub(const Cluster& cluster) {
   return v1::Duet::NewStub(*rpc::CreateChannel(cluster.router_address()));
-}
-
-// NodeAdmin.GetStatus of one node process.
-v1::NodeStatus Status(const std::string& address) {
-  auto stub = v1::NodeAdmin::NewStub(*rpc::CreateChannel(address));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  v1::NodeStatus status;
-  const grpc::Status s = stub->GetStatus(&context, v1::GetStatusRequest(), &status);
-  EXPECT_TRUE(s.ok()) << address << ": " << s.error_message();
-  return status;
 }
 
 // Waits until every node holds no request and its whole KV pool is free.
@@ -91,11 +66,6 @@ bool AwaitAllIdle(const Cluster& cluster, absl::Duration timeout = absl::Seconds
     if (absl::Now() > deadline) return false;
     absl::SleepFor(absl::Milliseconds(50));
   }
-}
-
-int64_t Counter(const v1::NodeStatus& status, const std::string& name) {
-  auto it = status.counters().find(name);
-  return it == status.counters().end() ? -1 : it->second;
 }
 
 
@@ -240,19 +210,8 @@ TEST(ClusterTest, KilledDecodeNodeFailsItsStreamsAndOthersComplete) {
   EXPECT_GE(completed, 1);
 
   // The router forgets the dead node.
-  auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster->router_address()));
-  bool forgotten = false;
-  for (int attempt = 0; attempt < 100 && !forgotten; ++attempt) {
-    grpc::ClientContext context;
-    v1::ListNodesResponse nodes;
-    ASSERT_TRUE(control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok());
-    forgotten = true;
-    for (const v1::NodeInfo& n : nodes.nodes()) {
-      if (n.node_id() == "decode-1" && n.live()) forgotten = false;
-    }
-    if (!forgotten) absl::SleepFor(absl::Milliseconds(50));
-  }
-  EXPECT_TRUE(forgotten);
+  EXPECT_TRUE(TimeUntil([&] { return !RouterListsLive(*cluster, "decode-1"); }, absl::Seconds(5))
+                  .has_value());
   const std::optional<cluster::ProcessExit> exit =
       cluster->AwaitExit("decode-1", absl::Seconds(5));
   ASSERT_TRUE(exit.has_value());

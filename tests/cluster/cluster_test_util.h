@@ -2,18 +2,81 @@
 #ifndef DUET_TESTS_CLUSTER_CLUSTER_TEST_UTIL_H_
 #define DUET_TESTS_CLUSTER_CLUSTER_TEST_UTIL_H_
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/rpc/channel.h"
 #include "duet/v1/duet.grpc.pb.h"
+#include "duet/v1/internal.grpc.pb.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
+#include "tools/cluster/launcher.h"
 
 namespace duet::cluster_test {
+
+// A cluster on the CPU backend with FP8 KV (the wire default), `kv_blocks` per node, fast
+// heartbeats (100 ms; a node silent for 1.5 s is dead).
+inline cluster::ClusterSpec CpuSpec(int num_prefill, int num_decode, int kv_blocks = 96) {
+  cluster::ClusterSpec spec;
+  spec.model_path = nodes_test::TestModelFile();
+  spec.num_prefill = num_prefill;
+  spec.num_decode = num_decode;
+  spec.overrides = {"heartbeat_interval_ms=100", "heartbeat_timeout_ms=1500"};
+  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks",
+                    std::to_string(kv_blocks), "--max-num-seqs", "16"};
+  spec.log_level = "error";
+  spec.ready_timeout = absl::Seconds(60);
+  return spec;
+}
+
+// NodeAdmin.GetStatus of one node process (a test failure when it does not answer).
+inline v1::NodeStatus Status(const std::string& address) {
+  auto stub = v1::NodeAdmin::NewStub(*rpc::CreateChannel(address));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::NodeStatus status;
+  const grpc::Status s = stub->GetStatus(&context, v1::GetStatusRequest(), &status);
+  EXPECT_TRUE(s.ok()) << address << ": " << s.error_message();
+  return status;
+}
+
+// A NodeStatus counter; -1 when absent.
+inline int64_t Counter(const v1::NodeStatus& status, const std::string& name) {
+  auto it = status.counters().find(name);
+  return it == status.counters().end() ? -1 : it->second;
+}
+
+// Whether the router lists `node` as live (false when it does not list it, or cannot answer).
+inline bool RouterListsLive(const cluster::Cluster& cluster, const std::string& node) {
+  auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster.router_address()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::ListNodesResponse nodes;
+  if (!control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok()) return false;
+  for (const v1::NodeInfo& n : nodes.nodes()) {
+    if (n.node_id() == node) return n.live();
+  }
+  return false;
+}
+
+// Polls `condition` every 50 ms for at most `timeout`; the time it took, or nullopt.
+template <typename F>
+std::optional<absl::Duration> TimeUntil(F condition, absl::Duration timeout) {
+  const absl::Time start = absl::Now();
+  while (!condition()) {
+    if (absl::Now() - start > timeout) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::Now() - start;
+}
 
 inline v1::GenerateRequest TokenRequest(const std::vector<int32_t>& prompt,
                                         const v1::SamplingParams& sampling) {

@@ -17,6 +17,7 @@
 #include "common/metrics/metrics.h"
 #include "common/rpc/channel.h"
 #include "tests/cluster/http_get.h"
+#include "tests/cluster/cluster_test_util.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
 #include "tools/cluster/launcher.h"
@@ -46,13 +47,8 @@ double Value(const std::string& text, const std::string& name,
 }
 
 TEST(MetricsTest, ClusterSeriesAfterLoad) {
-  cluster::ClusterSpec spec;
-  spec.model_path = nodes_test::TestModelFile();
-  spec.num_prefill = 1;
-  spec.num_decode = 1;
+  cluster::ClusterSpec spec = CpuSpec(1, 1, /*kv_blocks=*/64);
   spec.metrics = true;
-  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "64"};
-  spec.log_level = "error";
   absl::StatusOr<std::unique_ptr<cluster::Cluster>> cluster = cluster::Cluster::Start(spec);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   auto stub = v1::Duet::NewStub(*rpc::CreateChannel((*cluster)->router_address()));

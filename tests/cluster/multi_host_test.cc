@@ -174,41 +174,6 @@ class HostNetwork {
   std::map<std::string, std::string> addresses_;
 };
 
-// NodeAdmin.GetStatus counter of one node process (-1 when unreachable or absent).
-int64_t NodeCounter(const std::string& address, const std::string& name) {
-  auto stub = v1::NodeAdmin::NewStub(*rpc::CreateChannel(address));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  v1::NodeStatus status;
-  if (!stub->GetStatus(&context, v1::GetStatusRequest(), &status).ok()) return -1;
-  auto it = status.counters().find(name);
-  return it == status.counters().end() ? -1 : it->second;
-}
-
-// Whether the router lists `node` as live.
-bool RouterListsLive(const Cluster& cluster, const std::string& node) {
-  auto control = v1::NodeControl::NewStub(*rpc::CreateChannel(cluster.router_address()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  v1::ListNodesResponse nodes;
-  if (!control->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok()) return false;
-  for (const v1::NodeInfo& n : nodes.nodes()) {
-    if (n.node_id() == node) return n.live();
-  }
-  return false;
-}
-
-// Polls `condition` every 50 ms for at most `timeout`; the time it took, or nullopt.
-template <typename F>
-std::optional<absl::Duration> TimeUntil(F condition, absl::Duration timeout) {
-  const absl::Time start = absl::Now();
-  while (!condition()) {
-    if (absl::Now() - start > timeout) return std::nullopt;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return absl::Now() - start;
-}
-
 // Runs the greedy requests of `prompts` concurrently; each must complete with the tokens of a
 // single-process run.
 void ExpectAllComplete(v1::Duet::Stub& stub, const std::vector<std::vector<int32_t>>& prompts,
@@ -238,18 +203,9 @@ TEST(MultiHostTest, NodesOnSeparateHostsServeAndACutLinkIsRoutedAround) {
   ASSERT_TRUE(network.ok()) << network.status();
   HostNetwork& net = **network;
 
-  ClusterSpec spec;
-  spec.model_path = nodes_test::TestModelFile();
-  spec.num_prefill = 2;
-  spec.num_decode = 2;
-  constexpr absl::Duration kHeartbeatTimeout = absl::Milliseconds(1500);
-  spec.overrides = {"heartbeat_interval_ms=100",
-                    absl::StrCat("heartbeat_timeout_ms=", absl::ToInt64Milliseconds(kHeartbeatTimeout))};
-  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "96",
-                    "--max-num-seqs", "16"};
+  ClusterSpec spec = CpuSpec(2, 2);
+  constexpr absl::Duration kHeartbeatTimeout = absl::Milliseconds(1500);  // CpuSpec's
   spec.decode_args = {"--test-decode-step-delay-ms", "15"};
-  spec.log_level = "error";
-  spec.ready_timeout = absl::Seconds(60);
   spec.placement = [&net](const std::string& name) {
     return ClusterSpec::Placement{net.Netns(name), net.Address(name)};
   };
@@ -268,8 +224,8 @@ TEST(MultiHostTest, NodesOnSeparateHostsServeAndACutLinkIsRoutedAround) {
   ExpectAllComplete(*stub, prompts, 8);
   for (const cluster::ClusterProcess& p : cluster.processes()) {
     if (p.role == "router") continue;
-    EXPECT_GT(NodeCounter(p.address, p.role == "prefill" ? "kv_chunks_sent" : "kv_chunks_accepted"),
-              0)
+    EXPECT_GT(
+        Counter(Status(p.address), p.role == "prefill" ? "kv_chunks_sent" : "kv_chunks_accepted"), 0)
         << p.name;
   }
 
@@ -280,7 +236,7 @@ TEST(MultiHostTest, NodesOnSeparateHostsServeAndACutLinkIsRoutedAround) {
   ASSERT_TRUE(streams.AwaitAllStreaming(absl::Seconds(30)));
   const std::string decode1 = cluster.Find("decode-1")->address;
   const std::string decode0 = cluster.Find("decode-0")->address;
-  const int64_t accepted_before = NodeCounter(decode0, "kv_chunks_accepted");
+  const int64_t accepted_before = Counter(Status(decode0), "kv_chunks_accepted");
   ASSERT_TRUE(net.SetLink("decode-1", false).ok());
   const absl::Time cut = absl::Now();
 
@@ -297,7 +253,7 @@ TEST(MultiHostTest, NodesOnSeparateHostsServeAndACutLinkIsRoutedAround) {
   std::vector<std::vector<int32_t>> fresh;
   for (int i = 0; i < 6; ++i) fresh.push_back(Prompt(10 + 7 * i, 500 + static_cast<uint32_t>(i)));
   ExpectAllComplete(*stub, fresh, 6);
-  EXPECT_GT(NodeCounter(decode0, "kv_chunks_accepted"), accepted_before);
+  EXPECT_GT(Counter(Status(decode0), "kv_chunks_accepted"), accepted_before);
 
   // Streams that were on decode-1 end with UNAVAILABLE soon after the detection, not at their
   // deadline; the others complete.

@@ -21,6 +21,7 @@
 #include "common/rpc/channel.h"
 #include "tests/base/child_process.h"
 #include "tests/cluster/http_get.h"
+#include "tests/cluster/cluster_test_util.h"
 #include "tests/nodes/node_test_util.h"
 #include "tools/cluster/generate_client.h"
 #include "tools/cluster/launcher.h"
@@ -64,13 +65,8 @@ TEST(PrometheusTest, ScrapesTtftAndKvUsageOfEveryNode) {
   if (access(kPrometheus, X_OK) != 0) {
     GTEST_FAIL() << kPrometheus << " is missing: run scripts/install-deps.sh (package prometheus)";
   }
-  cluster::ClusterSpec spec;
-  spec.model_path = nodes_test::TestModelFile();
-  spec.num_prefill = 1;
-  spec.num_decode = 2;
+  cluster::ClusterSpec spec = CpuSpec(1, 2, /*kv_blocks=*/64);
   spec.metrics = true;
-  spec.node_args = {"--backend", "cpu", "--kv-dtype", "fp8", "--kv-blocks", "64"};
-  spec.log_level = "error";
   absl::StatusOr<std::unique_ptr<cluster::Cluster>> cluster = cluster::Cluster::Start(spec);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
 

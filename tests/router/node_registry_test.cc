@@ -407,6 +407,18 @@ TEST_F(KvRoutingTest, RoutedPromptsJoinTheNodesCacheSoABurstStaysTogether) {
   EXPECT_THAT(ids, ::testing::ElementsAre("p0", "p1", "p2", "p0"));
 }
 
+// The router counts what the node will reuse: whole leading blocks, never the block of the
+// prompt's last token (kv::MaxReusedBlocks), even when the node holds it.
+TEST_F(KvRoutingTest, CachedEstimateStopsBeforeTheLastTokensBlock) {
+  std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kCacheAware);
+  const std::vector<uint64_t> h = PromptHashes(2, 2, 0);  // 32 tokens, 2 full blocks
+  Beat(*r, "p0", 0, {.stored = h});
+  absl::StatusOr<NodeAssignment> a = r->PickPrefill(32, WithPrefix(h));
+  EXPECT_EQ(a->id, NodeId("p0"));
+  EXPECT_EQ(a->cached_tokens, 16);
+  EXPECT_EQ(a->charged_tokens, 16);
+}
+
 TEST_F(KvRoutingTest, EventsAddAndRemoveBlocksAndASnapshotReplacesThem) {
   std::unique_ptr<NodeRegistry> r = Registry(RoutingPolicy::kCacheAware);
   const std::vector<uint64_t> h = PromptHashes(4, 4, 0);
