@@ -174,36 +174,48 @@ absl::StatusOr<std::vector<int32_t>> CpuEngine::DecodeStepGreedy(
   return ids;
 }
 
-absl::StatusOr<std::vector<float>> CpuEngine::Verify(const SequenceRef& seq,
-                                                     absl::Span<const int32_t> tokens) {
+absl::StatusOr<std::vector<float>> CpuEngine::VerifyBatch(absl::Span<const VerifyItem> batch) {
   DUET_RETURN_IF_ERROR(gate_.CheckIdle("Verify"));
-  DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Verify"));
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n > kMaxVerifyTokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Verify: ", n, " tokens (at most ", kMaxVerifyTokens, ")"));
+  DUET_RETURN_IF_ERROR(engine_internal::CheckVerifyBatch(config_, kv_layout(), batch, "Verify"));
+  std::vector<float> logits;
+  for (const VerifyItem& item : batch) {
+    verifies_.Forget(item.seq);
+    PendingKv pending;
+    DUET_ASSIGN_OR_RETURN(std::vector<float> rows,
+                          Run(item.seq, item.tokens, /*all_logits=*/true, /*commit=*/false,
+                              &pending));
+    verifies_.Put(item.seq, static_cast<int64_t>(item.tokens.size()), std::move(pending));
+    logits.insert(logits.end(), rows.begin(), rows.end());
   }
-  DUET_RETURN_IF_ERROR(engine_internal::CheckSequence(config_, kv_layout(), seq, n, "Verify"));
-  verifies_.Forget(seq);
-  PendingKv pending;
-  DUET_ASSIGN_OR_RETURN(std::vector<float> logits,
-                        Run(seq, tokens, /*all_logits=*/true, /*commit=*/false, &pending));
-  verifies_.Put(seq, n, std::move(pending));
   return logits;
 }
 
-absl::Status CpuEngine::Commit(const SequenceRef& seq, int64_t accepted) {
+absl::StatusOr<std::vector<int32_t>> CpuEngine::VerifyBatchGreedy(
+    absl::Span<const VerifyItem> batch) {
+  DUET_ASSIGN_OR_RETURN(std::vector<float> logits, VerifyBatch(batch));
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  std::vector<int32_t> ids(logits.size() / vocab);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = ArgMax(absl::MakeConstSpan(logits.data() + i * vocab, vocab));
+  }
+  return ids;
+}
+
+absl::Status CpuEngine::CommitBatch(absl::Span<const CommitItem> batch) {
   DUET_RETURN_IF_ERROR(gate_.CheckIdle("Commit"));
-  DUET_ASSIGN_OR_RETURN(auto* entry, verifies_.Find(seq, accepted));
-  const kv::SequenceView view{seq.block_table, seq.num_cached, seq.tail_slot};
-  if (accepted > 0) {
+  DUET_ASSIGN_OR_RETURN(const auto entries, verifies_.FindAll(batch));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceRef& seq = batch[i].seq;
+    const kv::SequenceView view{seq.block_table, seq.num_cached, seq.tail_slot};
+    if (batch[i].accepted == 0) continue;
     for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-      DUET_RETURN_IF_ERROR(
-          cache_.Commit(layer, view, entry->payload.k[static_cast<size_t>(layer)].data(),
-                        entry->payload.v[static_cast<size_t>(layer)].data(), accepted));
+      DUET_RETURN_IF_ERROR(cache_.Commit(layer, view,
+                                         entries[i]->payload.k[static_cast<size_t>(layer)].data(),
+                                         entries[i]->payload.v[static_cast<size_t>(layer)].data(),
+                                         batch[i].accepted));
     }
   }
-  verifies_.Forget(seq);
+  for (const CommitItem& item : batch) verifies_.Forget(item.seq);
   return absl::OkStatus();
 }
 

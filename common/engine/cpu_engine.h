@@ -43,9 +43,11 @@ class CpuEngine final : public Engine {
   absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
       absl::Span<const DecodeItem> batch) override;
-  absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
-                                            absl::Span<const int32_t> tokens) override;
-  absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+  // One sequence after another (the reference has no batched forward).
+  absl::StatusOr<std::vector<float>> VerifyBatch(absl::Span<const VerifyItem> batch) override;
+  absl::StatusOr<std::vector<int32_t>> VerifyBatchGreedy(
+      absl::Span<const VerifyItem> batch) override;
+  absl::Status CommitBatch(absl::Span<const CommitItem> batch) override;
   // kv::ExportRect / kv::ImportRect over the cache.
   absl::StatusOr<std::vector<uint8_t>> ExportKv(const SequenceRef& seq, int64_t num_tokens,
                                                 const kv::KvRect& rect) override;

@@ -66,6 +66,19 @@ struct DecodeItem {
   int32_t token = 0;  // runs at position seq.num_cached
 };
 
+// One sequence's part of a batched Verify: tokens = [last accepted token, d_1 .. d_k] at
+// positions seq.num_cached .. seq.num_cached + k, 1 <= k + 1 <= kMaxVerifyTokens.
+struct VerifyItem {
+  SequenceRef seq;
+  absl::Span<const int32_t> tokens;
+};
+
+// One sequence's part of a batched Commit: the first `accepted` positions of its pending Verify.
+struct CommitItem {
+  SequenceRef seq;
+  int64_t accepted = 0;
+};
+
 // What a Prefill has finished when its observer is called.
 struct PrefillProgress {
   // Layers [0, layers_done) hold the final KV of positions [0, num_tokens): committed, FP8
@@ -132,17 +145,39 @@ class Engine {
   virtual absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
       absl::Span<const DecodeItem> batch) = 0;
 
-  // Speculative verification: tokens = [last accepted token, d_1 .. d_k] at positions
-  // num_cached .. num_cached + k, 1 <= k + 1 <= kMaxVerifyTokens. Returns logits
-  // [k + 1, vocab]; commits nothing. Errors as Prefill.
-  virtual absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
-                                                    absl::Span<const int32_t> tokens) = 0;
+  // Speculative verification of many sequences in one forward pass (continuous batching: a
+  // sequence that drafted nothing verifies just its last token, k = 0). Each item runs as one
+  // Verify; returns logits of every row [sum of (k_i + 1), vocab], items in order. Commits
+  // nothing: each item becomes its sequence's pending Verify (replacing an earlier one), which
+  // Commit or CommitBatch stores. Errors as Prefill, per item, with nothing run; also
+  // INVALID_ARGUMENT for an empty batch, more than kMaxVerifyTokens tokens in an item, or two
+  // items writing the same block.
+  virtual absl::StatusOr<std::vector<float>> VerifyBatch(absl::Span<const VerifyItem> batch) = 0;
+  // Greedy fast path of VerifyBatch: the same step, returning per row the ArgMax of its logits
+  // (as DecodeStepGreedy; Vulkan computes it on the device).
+  virtual absl::StatusOr<std::vector<int32_t>> VerifyBatchGreedy(
+      absl::Span<const VerifyItem> batch) = 0;
+  // Commits the first `accepted` positions of each item's pending Verify (0 <= accepted <=
+  // k + 1), in one submission where the backend can. Every item is checked first (the errors of
+  // Commit, plus INVALID_ARGUMENT for two items of one sequence); on an error nothing is
+  // committed and every pending Verify stays pending.
+  virtual absl::Status CommitBatch(absl::Span<const CommitItem> batch) = 0;
+
+  // Speculative verification of one sequence: VerifyBatch of one item; logits [k + 1, vocab].
+  absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
+                                            absl::Span<const int32_t> tokens) {
+    const VerifyItem item{seq, tokens};
+    return VerifyBatch(absl::MakeConstSpan(&item, 1));
+  }
   // Commits the first `accepted` positions of the last Verify of `seq` (0 <= accepted <= k+1).
   // A sequence is known by the block that holds position num_cached (only it writes there), so
   // other sequences may run between its Verify and its Commit. FAILED_PRECONDITION when the
   // last call for seq was not a Verify (same num_cached, tail slot and block table) covering
   // them; INVALID_ARGUMENT for accepted outside [0, k + 1].
-  virtual absl::Status Commit(const SequenceRef& seq, int64_t accepted) = 0;
+  absl::Status Commit(const SequenceRef& seq, int64_t accepted) {
+    const CommitItem item{seq, accepted};
+    return CommitBatch(absl::MakeConstSpan(&item, 1));
+  }
 
   // The KV of `rect` of a sequence holding num_tokens committed positions, as the payload of
   // common/kv/kv_payload.h. The sequence is seq.block_table (covering rect.block_end blocks)

@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "common/base/status.h"
+
 namespace duet::engine_internal {
 
 absl::StatusOr<kv::KvLayout> MakeKvLayout(const ModelConfig& config, const EngineOptions& options) {
@@ -79,16 +81,26 @@ absl::Status CheckSequence(const ModelConfig& config, const kv::KvLayout& layout
 
 absl::Status CheckBatch(const ModelConfig& config, const kv::KvLayout& layout,
                         absl::Span<const DecodeItem> batch, const std::string& op) {
+  std::vector<VerifyItem> items;
+  items.reserve(batch.size());
+  for (const DecodeItem& d : batch) items.push_back(VerifyItem{d.seq, {&d.token, 1}});
+  return CheckVerifyBatch(config, layout, items, op);
+}
+
+absl::Status CheckVerifyBatch(const ModelConfig& config, const kv::KvLayout& layout,
+                              absl::Span<const VerifyItem> batch, const std::string& op) {
   if (batch.empty()) return absl::InvalidArgumentError(absl::StrCat(op, ": empty batch"));
   std::set<int32_t> blocks;
   std::set<int32_t> tails;
   for (size_t i = 0; i < batch.size(); ++i) {
     const std::string item = absl::StrCat(op, " item ", i);
-    if (absl::Status s = CheckTokens(config, absl::MakeConstSpan(&batch[i].token, 1), item);
-        !s.ok()) {
-      return s;
+    const int64_t n = static_cast<int64_t>(batch[i].tokens.size());
+    if (n > kMaxVerifyTokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(item, ": ", n, " tokens (at most ", kMaxVerifyTokens, ")"));
     }
-    if (absl::Status s = CheckSequence(config, layout, batch[i].seq, 1, item); !s.ok()) return s;
+    DUET_RETURN_IF_ERROR(CheckTokens(config, batch[i].tokens, item));
+    DUET_RETURN_IF_ERROR(CheckSequence(config, layout, batch[i].seq, n, item));
     if (!blocks.insert(WriteBlock(layout, batch[i].seq)).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(item, ": writes block ", WriteBlock(layout, batch[i].seq),

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "common/base/status.h"
 #include "common/engine/engine.h"
 #include "common/kv/paged_kv.h"
 #include "common/model/model_config.h"
@@ -42,6 +44,9 @@ absl::Status CheckSequence(const ModelConfig& config, const kv::KvLayout& layout
 // (FP8) use the same tail slot. Errors name the batch index.
 absl::Status CheckBatch(const ModelConfig& config, const kv::KvLayout& layout,
                         absl::Span<const DecodeItem> batch, const std::string& op);
+// The same for a batched Verify: each item has 1..kMaxVerifyTokens tokens.
+absl::Status CheckVerifyBatch(const ModelConfig& config, const kv::KvLayout& layout,
+                              absl::Span<const VerifyItem> batch, const std::string& op);
 
 // INVALID_ARGUMENT unless observer is null or has layers_per_group >= 1 and a callback.
 absl::Status CheckObserver(const PrefillObserver* observer);
@@ -141,6 +146,24 @@ class PendingVerifies {
           "Commit: the block table differs from the one the pending Verify ran with");
     }
     return &e;
+  }
+
+  // Find for every item of a CommitBatch, plus INVALID_ARGUMENT for two items of one
+  // sequence (the same write block). Changes nothing.
+  absl::StatusOr<std::vector<Entry*>> FindAll(absl::Span<const CommitItem> batch) {
+    std::vector<Entry*> found;
+    found.reserve(batch.size());
+    std::set<int32_t> seen;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      DUET_ASSIGN_OR_RETURN(Entry * e, Find(batch[i].seq, batch[i].accepted));
+      if (!seen.insert(WriteBlock(layout_, batch[i].seq)).second) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "CommitBatch item ", i, ": an earlier item commits the same sequence (block ",
+            WriteBlock(layout_, batch[i].seq), ")"));
+      }
+      found.push_back(e);
+    }
+    return found;
   }
 
   size_t size() const { return entries_.size(); }

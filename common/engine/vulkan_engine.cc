@@ -246,11 +246,15 @@ absl::Status VulkanEngine::EnsureActivations(int64_t rows, int64_t logit_rows, u
   return absl::OkStatus();
 }
 
-uint64_t VulkanEngine::StashOffset(int64_t layer, int part) const {
+absl::StatusOr<VulkanEngine::Stash> VulkanEngine::NewStash(int64_t rows) {
   const uint64_t align =
       std::max<uint64_t>(256, device_->limits().min_storage_buffer_offset_alignment);
-  const uint64_t stride = RoundUp(U64(kMaxVerifyTokens * config_.kv_dim()) * 4, align);
-  return (U64(layer) * 2 + U64(part)) * stride;
+  Stash stash;
+  stash.stride = RoundUp(U64(rows * config_.kv_dim()) * 4, align);
+  DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(U64(config_.num_layers) * 2 * stash.stride,
+                                                     vk::MemoryKind::kDevice));
+  stash.buffer = std::make_shared<vk::Buffer>(std::move(buffer));
+  return stash;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,41 +318,69 @@ absl::StatusOr<std::vector<int32_t>> VulkanEngine::DecodeStepGreedy(
   return ids;
 }
 
-absl::StatusOr<std::vector<float>> VulkanEngine::Verify(const SequenceRef& seq,
-                                                        absl::Span<const int32_t> tokens) {
+absl::StatusOr<std::vector<float>> VulkanEngine::VerifyLogits(absl::Span<const VerifyItem> batch,
+                                                              bool greedy,
+                                                              std::vector<int32_t>* ids) {
   DUET_RETURN_IF_ERROR(gate_.CheckIdle("Verify"));
-  DUET_RETURN_IF_ERROR(engine_internal::CheckTokens(config_, tokens, "Verify"));
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n > kMaxVerifyTokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Verify: ", n, " tokens (at most ", kMaxVerifyTokens, ")"));
+  DUET_RETURN_IF_ERROR(engine_internal::CheckVerifyBatch(config_, layout_, batch, "Verify"));
+  std::vector<StepSeq> seqs;
+  seqs.reserve(batch.size());
+  int64_t rows = 0;
+  for (const VerifyItem& item : batch) {
+    verifies_.Forget(item.seq);
+    seqs.push_back(StepSeq{item.seq, item.tokens, rows});
+    rows += static_cast<int64_t>(item.tokens.size());
   }
-  DUET_RETURN_IF_ERROR(engine_internal::CheckSequence(config_, layout_, seq, n, "Verify"));
-  verifies_.Forget(seq);
-  DUET_ASSIGN_OR_RETURN(vk::Buffer stash_buffer,
-                        NewBuffer(StashOffset(config_.num_layers, 0), vk::MemoryKind::kDevice));
-  Stash stash = std::make_unique<vk::Buffer>(std::move(stash_buffer));
-  const StepSeq step{seq, tokens, 0};
+  DUET_ASSIGN_OR_RETURN(Stash stash, NewStash(rows));
   std::vector<float> logits;
-  DUET_RETURN_IF_ERROR(RunStep(StepKind::kVerify, absl::MakeConstSpan(&step, 1),
-                               LogitsOut::kAllRows, false, stash.get(), &logits, nullptr));
-  verifies_.Put(seq, n, std::move(stash));
+  DUET_RETURN_IF_ERROR(
+      RunStep(StepKind::kVerify, seqs, LogitsOut::kAllRows, greedy, &stash, &logits, ids));
+  for (const StepSeq& s : seqs) {
+    Stash item_stash = stash;
+    item_stash.row0 = s.row0;
+    verifies_.Put(s.seq, static_cast<int64_t>(s.tokens.size()), std::move(item_stash));
+  }
   return logits;
 }
 
-absl::Status VulkanEngine::Commit(const SequenceRef& seq, int64_t accepted) {
+absl::StatusOr<std::vector<float>> VulkanEngine::VerifyBatch(absl::Span<const VerifyItem> batch) {
+  return VerifyLogits(batch, /*greedy=*/false, nullptr);
+}
+
+absl::StatusOr<std::vector<int32_t>> VulkanEngine::VerifyBatchGreedy(
+    absl::Span<const VerifyItem> batch) {
+  std::vector<int32_t> ids;
+  DUET_RETURN_IF_ERROR(VerifyLogits(batch, /*greedy=*/true, &ids).status());
+  return ids;
+}
+
+absl::Status VulkanEngine::CommitBatch(absl::Span<const CommitItem> batch) {
   DUET_RETURN_IF_ERROR(gate_.CheckIdle("Commit"));
-  DUET_ASSIGN_OR_RETURN(auto* entry, verifies_.Find(seq, accepted));
-  if (accepted > 0) {
+  DUET_ASSIGN_OR_RETURN(const auto entries, verifies_.FindAll(batch));
+  // One submission per stash (usually one: the step's VerifyBatch).
+  std::vector<const Stash*> stashes;
+  std::vector<std::vector<vk::AttnSequence>> groups;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].accepted == 0) continue;
+    const Stash& stash = entries[i]->payload;
+    size_t g = 0;
+    while (g < stashes.size() && stashes[g]->buffer != stash.buffer) ++g;
+    if (g == stashes.size()) {
+      stashes.push_back(&stash);
+      groups.emplace_back();
+    }
     vk::AttnSequence s;
-    s.q_offset = 0;
-    s.num_new = accepted;
-    s.num_cached = seq.num_cached;
-    s.tail_slot = seq.tail_slot;
-    s.block_table = seq.block_table;
-    DUET_RETURN_IF_ERROR(RecordVerifyCommit(s, *entry->payload));
+    s.q_offset = stash.row0;
+    s.num_new = batch[i].accepted;
+    s.num_cached = batch[i].seq.num_cached;
+    s.tail_slot = batch[i].seq.tail_slot;
+    s.block_table = batch[i].seq.block_table;
+    groups[g].push_back(s);
   }
-  verifies_.Forget(seq);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    DUET_RETURN_IF_ERROR(SubmitVerifyCommit(groups[g], *stashes[g]));
+  }
+  for (const CommitItem& item : batch) verifies_.Forget(item.seq);
   return absl::OkStatus();
 }
 

@@ -9,11 +9,13 @@
 //   - KV: per layer K and V data [num_blocks][num_kv_heads][block_size][head_dim] and (FP8)
 //     scales [num_blocks][num_kv_heads]; the f16 tail of every slot (FP8).
 //   - activations for the largest step so far (grown on demand), a decode scratch for the
-//     split-K attention, and per pending Verify a buffer with its K/V rows
-//     [num_layers][K|V][k + 1, kv_dim] until Commit.
+//     split-K attention, and per VerifyBatch a buffer with its K/V rows
+//     [num_layers][K|V][rows, kv_dim], shared by its items' pending Verifies until the last
+//     of them is committed or dropped.
 //
 // Each call records its whole step (embedding, every layer, final norm, logits, and argmax for
-// DecodeStepGreedy) into one command list and submits it once; a Prefill longer than
+// DecodeStepGreedy and VerifyBatchGreedy) into one command list and submits it once (a
+// CommitBatch is one more submission per VerifyBatch it commits from); a Prefill longer than
 // kMaxPrefillChunk tokens is run as several chunks (one submit each). Decode-shaped steps
 // (DecodeStep, Verify) always use the matrix-vector kernel and split-K attention with a fixed
 // partition size, so a sequence's results do not depend on the rest of its batch.
@@ -79,9 +81,10 @@ class VulkanEngine final : public Engine {
   absl::StatusOr<std::vector<float>> DecodeStep(absl::Span<const DecodeItem> batch) override;
   absl::StatusOr<std::vector<int32_t>> DecodeStepGreedy(
       absl::Span<const DecodeItem> batch) override;
-  absl::StatusOr<std::vector<float>> Verify(const SequenceRef& seq,
-                                            absl::Span<const int32_t> tokens) override;
-  absl::Status Commit(const SequenceRef& seq, int64_t accepted) override;
+  absl::StatusOr<std::vector<float>> VerifyBatch(absl::Span<const VerifyItem> batch) override;
+  absl::StatusOr<std::vector<int32_t>> VerifyBatchGreedy(
+      absl::Span<const VerifyItem> batch) override;
+  absl::Status CommitBatch(absl::Span<const CommitItem> batch) override;
   absl::StatusOr<std::vector<uint8_t>> ExportKv(const SequenceRef& seq, int64_t num_tokens,
                                                 const kv::KvRect& rect) override;
   absl::Status ImportKv(const SequenceRef& seq, int64_t num_tokens, const kv::KvRect& rect,
@@ -150,8 +153,16 @@ class VulkanEngine final : public Engine {
     uint64_t payload_offset = 0;
     uint64_t bytes = 0;
   };
-  // Where a Verify keeps its K/V rows until Commit.
-  using Stash = std::unique_ptr<vk::Buffer>;
+  // Where a VerifyBatch keeps its K/V rows until Commit: layer l's K (part 0) or V (part 1)
+  // rows start at (2 l + part) * stride; an item's rows start at row0.
+  struct Stash {
+    std::shared_ptr<vk::Buffer> buffer;
+    uint64_t stride = 0;
+    int64_t row0 = 0;
+    uint64_t Offset(int64_t layer, int part) const {
+      return (static_cast<uint64_t>(layer) * 2 + static_cast<uint64_t>(part)) * stride;
+    }
+  };
 
   VulkanEngine(std::shared_ptr<const GgufFile> file, ModelConfig config, kv::KvLayout layout,
                std::unique_ptr<vk::Device> device);
@@ -162,12 +173,12 @@ class VulkanEngine final : public Engine {
                                  uint64_t decode_scratch_bytes);
   absl::StatusOr<vk::Buffer> NewBuffer(uint64_t bytes, vk::MemoryKind kind);
 
-  // Records and submits one step. `stash` (Verify): the K/V rows go there and nothing is
+  // Records and submits one step. `stash` (Verify, row0 ignored): the K/V rows go there and nothing is
   // committed. Returns logits (float) or, when greedy, argmax ids (int32), as raw rows copied
   // into *floats / *ids.
   // With an observer (a one-sequence prefill), the layers run in groups (RunLayerGroups).
   absl::Status RunStep(StepKind kind, absl::Span<const StepSeq> seqs, LogitsOut logits_out,
-                       bool greedy, vk::Buffer* stash, std::vector<float>* floats,
+                       bool greedy, const Stash* stash, std::vector<float>* floats,
                        std::vector<int32_t>* ids, const PrefillObserver* observer = nullptr);
   // Builds the batch and uploads its inputs (growing the activations as needed).
   absl::StatusOr<PreparedStep> PrepareStep(StepKind kind, absl::Span<const StepSeq> seqs,
@@ -177,7 +188,7 @@ class VulkanEngine final : public Engine {
   // layer_end == num_layers.
   absl::Status RecordStep(vk::CommandList& cl, StepKind kind, const PreparedStep& prepared,
                           int64_t layer_begin, int64_t layer_end, LogitsOut logits_out, bool greedy,
-                          vk::Buffer* stash);
+                          const Stash* stash);
   // Submits a prefill's layer groups on cl_ and cl_alt_ in turn and calls the observer after
   // each (see the file comment). num_tokens: the chunk's end position.
   absl::Status RunLayerGroups(const PreparedStep& step, LogitsOut logits_out,
@@ -185,8 +196,10 @@ class VulkanEngine final : public Engine {
   // Copies logits or ids of a finished step to the host.
   void ReadResults(const PreparedStep& step, bool greedy, std::vector<float>* floats,
                    std::vector<int32_t>* ids) const;
-  // Records the per-layer commit of a pending Verify's rows.
-  absl::Status RecordVerifyCommit(const vk::AttnSequence& seq, const vk::Buffer& stash);
+  // Records and submits the per-layer commit of pending Verify rows, all in `stash`.
+  absl::Status SubmitVerifyCommit(absl::Span<const vk::AttnSequence> seqs, const Stash& stash);
+  absl::StatusOr<std::vector<float>> VerifyLogits(absl::Span<const VerifyItem> batch, bool greedy,
+                                                  std::vector<int32_t>* ids);
   // Discards a failed recording (a fresh command list; the half-recorded one never runs).
   // Leaves *list null when creation fails (the next use reports it).
   void ResetCommandList() { ResetList(&cl_, profile_); }
@@ -197,8 +210,8 @@ class VulkanEngine final : public Engine {
   // one is non-null; payload_bytes long).
   absl::Status TransferKv(absl::Span<const KvCopy> copies, const uint8_t* from_host,
                           uint8_t* to_host, uint64_t payload_bytes);
-  // Byte offset of layer `layer`'s K (part 0) or V (part 1) rows in a stash.
-  uint64_t StashOffset(int64_t layer, int part) const;
+  // A stash for `rows` K/V rows per layer and part.
+  absl::StatusOr<Stash> NewStash(int64_t rows);
   vk::KvLayerViews CacheViews(int64_t layer) const;
   absl::StatusOr<std::vector<float>> DecodeLogits(absl::Span<const DecodeItem> batch, bool greedy,
                                                   std::vector<int32_t>* ids);

@@ -58,7 +58,7 @@ absl::StatusOr<VulkanEngine::PreparedStep> VulkanEngine::PrepareStep(StepKind ki
 }
 
 absl::Status VulkanEngine::RunStep(StepKind kind, absl::Span<const StepSeq> seqs,
-                                   LogitsOut logits_out, bool greedy, vk::Buffer* stash,
+                                   LogitsOut logits_out, bool greedy, const Stash* stash,
                                    std::vector<float>* floats, std::vector<int32_t>* ids,
                                    const PrefillObserver* observer) {
   if (cl_ == nullptr) ResetCommandList();
@@ -156,7 +156,7 @@ void VulkanEngine::ReadResults(const PreparedStep& step, bool greedy, std::vecto
 absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
                                       const PreparedStep& prepared, int64_t layer_begin,
                                       int64_t layer_end, LogitsOut logits_out, bool greedy,
-                                      vk::Buffer* stash) {
+                                      const Stash* stash) {
   const absl::Span<const vk::AttnSequence> attn_seqs = prepared.attn;
   const int64_t rows = prepared.rows;
   const uint64_t table_words = prepared.table_words;
@@ -194,9 +194,9 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
     const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
     // K/V rows: the step's scratch, or the Verify's stash that Commit reads later.
     const vk::BufferView k_new =
-        stash != nullptr ? stash->view(StashOffset(layer, 0), kv_bytes) : a.k_new.view();
+        stash != nullptr ? stash->buffer->view(stash->Offset(layer, 0), kv_bytes) : a.k_new.view();
     const vk::BufferView v_new =
-        stash != nullptr ? stash->view(StashOffset(layer, 1), kv_bytes) : a.v_new.view();
+        stash != nullptr ? stash->buffer->view(stash->Offset(layer, 1), kv_bytes) : a.v_new.view();
 
     DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), w.attn_norm, a.h.view(), rows,
                                            c.hidden_dim, c.rms_norm_eps));
@@ -288,23 +288,22 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
   return absl::OkStatus();
 }
 
-absl::Status VulkanEngine::RecordVerifyCommit(const vk::AttnSequence& seq,
-                                              const vk::Buffer& stash) {
+absl::Status VulkanEngine::SubmitVerifyCommit(absl::Span<const vk::AttnSequence> seqs,
+                                              const Stash& stash) {
   if (cl_ == nullptr) ResetCommandList();
   if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
-  const std::vector<uint32_t> table = vk::EncodeSequenceTable(absl::MakeConstSpan(&seq, 1));
+  const std::vector<uint32_t> table = vk::EncodeSequenceTable(seqs);
   DUET_RETURN_IF_ERROR(EnsureActivations(0, 0, table.size(), 0));
   std::memcpy(act_.seq_table.mapped(), table.data(), table.size() * 4);
-  const uint64_t kv_bytes = U64(seq.num_new * config_.kv_dim()) * 4;
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
     vk::AttnStep step;
     step.layout = layout_;
     step.layer = layer;
     step.cache = CacheViews(layer);
-    step.seqs = absl::MakeConstSpan(&seq, 1);
+    step.seqs = seqs;
     step.seq_table = act_.seq_table.view(0, U64(table.size()) * 4);
-    step.k_new = stash.view(StashOffset(layer, 0), kv_bytes);
-    step.v_new = stash.view(StashOffset(layer, 1), kv_bytes);
+    step.k_new = stash.buffer->view(stash.Offset(layer, 0), stash.stride);
+    step.v_new = stash.buffer->view(stash.Offset(layer, 1), stash.stride);
     if (absl::Status status = vk::RecordKvCommit(*cl_, *kernels_, step); !status.ok()) {
       ResetCommandList();
       return status;

@@ -140,6 +140,98 @@ TEST_P(VerifyCommitTest, CommitNeedsAMatchingVerify) {
   EXPECT_EQ(engine->Commit({table, 7, 0}, 1).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A VerifyBatch of sequences with different draft counts (k = 0 included) in one pass gives
+// each sequence the logits it would get alone, and CommitBatch of different accepted counts
+// leaves each cache as if the accepted tokens had been decoded one by one.
+TEST_P(VerifyCommitTest, BatchedVerifyAndCommitEqualDecodingEachSequence) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 9);
+  ASSERT_NE(file, nullptr);
+  std::unique_ptr<Engine> engine = MakeEngine(backend, file, TestOptions(dtype, 32, 6));
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  // Three sequences (prompt lengths 14, 9, 31), each with a twin decoded one token at a time.
+  const std::vector<int64_t> lengths = {14, 9, 31};
+  const std::vector<std::vector<int32_t>> drafts = {{17, 99, 5, 200}, {}, {3, 1, 4}};
+  const std::vector<int64_t> accepted = {3, 1, 4};  // of k + 1 positions: 5, 1, 4
+  std::vector<std::vector<int32_t>> tables, twins;
+  for (int32_t i = 0; i < 3; ++i) {
+    tables.push_back(BlockRange(8 * i, 4));
+    twins.push_back(BlockRange(8 * i + 4, 4));
+    const std::vector<int32_t> prompt = Prompt(lengths[static_cast<size_t>(i)], vocab, i);
+    ASSERT_TRUE(engine->Prefill({tables.back(), 0, i}, prompt).ok());
+    ASSERT_TRUE(engine->Prefill({twins.back(), 0, 3 + i}, prompt).ok());
+  }
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<VerifyItem> items;
+  for (size_t i = 0; i < 3; ++i) {
+    tokens.push_back({static_cast<int32_t>(7 * i + 1)});
+    tokens.back().insert(tokens.back().end(), drafts[i].begin(), drafts[i].end());
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    items.push_back({{tables[i], lengths[i], static_cast<int32_t>(i)}, tokens[i]});
+  }
+  absl::StatusOr<std::vector<float>> verify = engine->VerifyBatch(items);
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  ASSERT_EQ(verify->size(), static_cast<size_t>((5 + 1 + 4) * vocab));
+  absl::StatusOr<std::vector<int32_t>> greedy = engine->VerifyBatchGreedy(items);
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  EXPECT_EQ(*greedy, ArgMaxRows(*verify, vocab));
+
+  // The twins decode each verified token alone; row r of the batch is its logits.
+  size_t row = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    for (size_t j = 0; j < tokens[i].size(); ++j, ++row) {
+      const DecodeItem item{{twins[i], lengths[i] + static_cast<int64_t>(j),
+                             static_cast<int32_t>(3 + i)},
+                            tokens[i][j]};
+      absl::StatusOr<std::vector<float>> want = engine->DecodeStep({&item, 1});
+      ASSERT_TRUE(want.ok()) << want.status();
+      const std::vector<float> got(verify->begin() + static_cast<int64_t>(row) * vocab,
+                                   verify->begin() + static_cast<int64_t>(row + 1) * vocab);
+      if (backend == "cpu") {
+        EXPECT_EQ(got, *want) << "sequence " << i << " row " << j;
+      } else {
+        EXPECT_TRUE(LogitsNear(got, *want, 2e-2f, 1e-2f)) << "sequence " << i << " row " << j;
+      }
+    }
+  }
+  // Each twin has now committed all of its k + 1 tokens; roll it back to the accepted count by
+  // continuing both from there with the same tokens.
+  std::vector<CommitItem> commits;
+  for (size_t i = 0; i < 3; ++i) {
+    commits.push_back({{tables[i], lengths[i], static_cast<int32_t>(i)}, accepted[i]});
+  }
+  // A bad item leaves every Verify pending.
+  std::vector<CommitItem> bad = commits;
+  bad[2].accepted = 6;
+  EXPECT_EQ(engine->CommitBatch(bad).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(engine->CommitBatch(commits).ok());
+  for (int64_t step = 0; step < 3; ++step) {
+    std::vector<DecodeItem> batch;
+    for (size_t i = 0; i < 3; ++i) {
+      const int64_t pos = lengths[i] + accepted[i] + step;
+      const int32_t token = static_cast<int32_t>((pos * 5 + 3) % vocab);
+      batch.push_back({{tables[i], pos, static_cast<int32_t>(i)}, token});
+      batch.push_back({{twins[i], pos, static_cast<int32_t>(3 + i)}, token});
+    }
+    absl::StatusOr<std::vector<float>> rows = engine->DecodeStep(batch);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    for (size_t i = 0; i < 3; ++i) {
+      const std::vector<float> a(rows->begin() + static_cast<int64_t>(2 * i) * vocab,
+                                 rows->begin() + static_cast<int64_t>(2 * i + 1) * vocab);
+      const std::vector<float> b(rows->begin() + static_cast<int64_t>(2 * i + 1) * vocab,
+                                 rows->begin() + static_cast<int64_t>(2 * i + 2) * vocab);
+      if (backend == "cpu") {
+        EXPECT_EQ(a, b) << "sequence " << i << " step " << step;
+      } else {
+        EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "sequence " << i << " step " << step;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, VerifyCommitTest,
                          ::testing::Combine(::testing::Values("cpu", "vulkan"),
                                             ::testing::Values(kv::CacheDtype::kF32,
