@@ -34,12 +34,16 @@ struct PrefillChunk {
 };
 
 // One decode token of one running sequence: `token` (its last token) runs at num_cached.
+// Speculative decoding: the node may also verify up to num_lookahead drafted tokens after it
+// (Engine::VerifyBatch of [token, d_1 .. d_j], j <= num_lookahead, then CommitBatch of the
+// accepted prefix); the block table covers num_cached + 1 + num_lookahead positions.
 struct DecodeEntry {
   RequestId id;
   int64_t num_cached = 0;
   int32_t token = 0;
   std::vector<int32_t> block_table;
   int32_t tail_slot = -1;
+  int64_t num_lookahead = 0;
 };
 
 // A DECODE node's sequence preempted for lack of KV blocks: it has left the scheduler and its
@@ -70,11 +74,16 @@ struct RequestOutput {
   // The sampled token: required for every decode entry and, on COLOCATED nodes, for a chunk
   // that completes its prompt (unless `finish` is set); not allowed for other chunks.
   std::optional<int32_t> token;
+  // Decode entries only: drafted tokens the verification accepted, which come before `token`
+  // (at most the entry's num_lookahead; `token` is then required). The node committed
+  // 1 + accepted_drafts.size() positions of the entry: its token and these drafts.
+  std::vector<int32_t> accepted_drafts;
   // Set by the node to end the request: kStop (its sampler), kLength, or kAborted.
   FinishReason finish = FinishReason::kNone;
 };
 
-// Results for the last plan. Every item of the plan ran and committed its positions; items
+// Results for the last plan. Every item of the plan ran and committed its positions (a decode
+// entry: its token and its accepted drafts); items
 // without a token to report need no entry.
 struct StepResult {
   std::vector<RequestOutput> outputs;

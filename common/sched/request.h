@@ -83,6 +83,12 @@ struct Request {
   std::vector<kv::BlockHash> block_hashes;
   int64_t num_cached_blocks = 0;
   int64_t num_prefix_hit_tokens = 0;
+  // Speculative decoding: drafted positions the node asks for each decode step (SetLookahead),
+  // those granted in the plan being built or outstanding, and the table's size before the
+  // grant (blocks past it that the accepted tokens do not need are released after the step).
+  int64_t lookahead = 0;
+  int64_t step_lookahead = 0;
+  int64_t blocks_before_lookahead = 0;
   absl::Time arrival_time;
   std::optional<absl::Time> first_scheduled_time;
   // Tokens in the plan being built by Schedule() (0: not in it); step_decode tells its kind.

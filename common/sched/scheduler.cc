@@ -447,6 +447,56 @@ void Scheduler::ScheduleDecodes(Step* step) {
   }
 }
 
+void Scheduler::GrantLookahead(Step* step) {
+  for (DecodeEntry& d : step->out.decodes) {
+    Request* r = Find(d.id);
+    int64_t k = std::min({r->lookahead, step->budget, r->max_tokens - r->num_output_tokens() - 1});
+    if (k <= 0) continue;
+    // From free blocks only: shrink k to what they cover.
+    const int64_t coverable =
+        (r->num_blocks() + blocks_->num_free()) * config_.block_size - (r->num_computed + 1);
+    k = std::min(k, coverable);
+    if (k <= 0) continue;
+    r->blocks_before_lookahead = r->num_blocks();
+    const int64_t need = BlocksFor(r->num_computed + 1 + k) - r->num_blocks();
+    if (need > 0) {
+      absl::StatusOr<std::vector<int32_t>> fresh = blocks_->Allocate(need);
+      CheckOrDie(fresh.ok(), "lookahead allocation failed within the free blocks");
+      r->block_table.insert(r->block_table.end(), fresh->begin(), fresh->end());
+    }
+    d.num_lookahead = k;
+    d.block_table = r->block_table;
+    r->step_lookahead = k;
+    r->step_tokens += k;
+    step->budget -= k;
+    step->out.num_decode_tokens += k;
+  }
+}
+
+void Scheduler::TrimLookahead(Request* r) {
+  const int64_t keep = std::max(r->blocks_before_lookahead, BlocksFor(r->num_computed + 1));
+  if (r->num_blocks() > keep) {
+    const absl::Span<const int32_t> extra =
+        absl::MakeConstSpan(r->block_table).subspan(static_cast<size_t>(keep));
+    CheckOrDie(blocks_->Release(extra).ok(), "lookahead block released behind the scheduler");
+    r->block_table.resize(static_cast<size_t>(keep));
+  }
+  r->blocks_before_lookahead = 0;
+}
+
+absl::Status Scheduler::SetLookahead(const RequestId& id, int64_t lookahead) {
+  Request* r = Find(id);
+  if (r == nullptr) {
+    return absl::NotFoundError(absl::StrCat("request ", id.ToString(), " is not in the scheduler"));
+  }
+  if (lookahead < 0 || lookahead > kMaxLookahead) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lookahead ", lookahead, " outside [0, ", kMaxLookahead, "]"));
+  }
+  r->lookahead = lookahead;
+  return absl::OkStatus();
+}
+
 Scheduler::Grow Scheduler::SchedulePrefillChunk(Request* r, Step* step) {
   const int64_t want =
       std::min({r->prefill_end - r->num_computed, config_.max_prefill_chunk_tokens, step->budget});
@@ -514,21 +564,25 @@ SchedulerOutput Scheduler::Schedule() {
   Step step;
   step.budget = config_.max_num_batched_tokens;
   step.out.scheduled_at = clock_->Now();
-  if (config_.role != Role::kPrefill) ScheduleDecodes(&step);
+  if (config_.role != Role::kPrefill) {
+    ScheduleDecodes(&step);
+    GrantLookahead(&step);
+  }
   if (config_.role != Role::kDecode) {
     ScheduleRunningPrefills(&step);
     AdmitWaiting(&step);
   }
   plan_.clear();
-  auto record = [&](const RequestId& id, int64_t n, bool decode, bool completes) {
+  auto record = [&](const RequestId& id, int64_t n, bool decode, bool completes,
+                    int64_t lookahead) {
     Request* r = Find(id);
-    plan_.push_back(PlanItem{id, r->serial, n, decode, completes});
+    plan_.push_back(PlanItem{id, r->serial, n, decode, completes, lookahead});
     r->step_tokens = 0;
     if (!r->first_scheduled_time.has_value()) r->first_scheduled_time = step.out.scheduled_at;
   };
-  for (const DecodeEntry& d : step.out.decodes) record(d.id, 1, true, false);
+  for (const DecodeEntry& d : step.out.decodes) record(d.id, 1, true, false, d.num_lookahead);
   for (const PrefillChunk& c : step.out.prefills) {
-    record(c.id, static_cast<int64_t>(c.tokens.size()), false, c.completes_prompt);
+    record(c.id, static_cast<int64_t>(c.tokens.size()), false, c.completes_prompt, 0);
   }
   step_open_ = true;
   return std::move(step.out);
@@ -557,6 +611,24 @@ absl::Status Scheduler::UpdateFromOutput(const StepResult& result) {
                        std::string(FinishReasonName(o.finish))));
     }
     const PlanItem& item = plan_[it->second];
+    if (!o.accepted_drafts.empty()) {
+      const int64_t accepted = static_cast<int64_t>(o.accepted_drafts.size());
+      if (!item.decode || accepted > item.lookahead) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request ", name, ": ", accepted, " accepted drafts, but its plan item has room for ",
+            item.decode ? item.lookahead : 0));
+      }
+      if (!o.token.has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("request ", name, ": accepted drafts without the token after them"));
+      }
+      for (int32_t t : o.accepted_drafts) {
+        if (t < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("request ", name, ": negative accepted draft ", t));
+        }
+      }
+    }
     if (o.token.has_value()) {
       if (*o.token < 0) {
         return absl::InvalidArgumentError(
@@ -590,18 +662,22 @@ absl::Status Scheduler::UpdateFromOutput(const StepResult& result) {
   for (const PlanItem& item : plan_) {
     Request* r = Find(item.id);
     if (r == nullptr || r->serial != item.serial) continue;
-    r->num_computed += item.num_tokens;
-    CacheComputedBlocks(r);
     auto it = outputs.find(item.id);
     const RequestOutput* o = it == outputs.end() ? nullptr : it->second;
     FinishReason reason = o == nullptr ? FinishReason::kNone : o->finish;
     if (o != nullptr && o->token.has_value()) {
+      r->tokens.insert(r->tokens.end(), o->accepted_drafts.begin(), o->accepted_drafts.end());
       r->tokens.push_back(*o->token);
       ExtendHashes(r);
       if (reason == FinishReason::kNone && r->num_output_tokens() >= r->max_tokens) {
         reason = FinishReason::kLength;
       }
     }
+    r->num_computed += item.num_tokens +
+                       (o == nullptr ? 0 : static_cast<int64_t>(o->accepted_drafts.size()));
+    CacheComputedBlocks(r);
+    if (item.lookahead > 0) TrimLookahead(r);
+    r->step_lookahead = 0;
     if (reason == FinishReason::kNone && item.completes_prompt && config_.role == Role::kPrefill) {
       reason = FinishReason::kPrefillDone;
     }

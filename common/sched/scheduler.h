@@ -59,6 +59,9 @@ namespace duet::sched {
 
 enum class Role { kPrefill, kDecode, kColocated };
 
+// The most drafted tokens one decode entry may verify (Engine's kMaxVerifyTokens - 1).
+inline constexpr int64_t kMaxLookahead = 31;
+
 std::string_view RoleName(Role role);  // "prefill", "decode", "colocated"
 
 struct SchedulerConfig {
@@ -137,6 +140,13 @@ class Scheduler {
   // is free.
   absl::Status AddRunning(RequestSpec spec, std::vector<int32_t> blocks, int32_t tail_slot = -1);
 
+  // Speculative decoding: from the next plan on, give r's decode entries up to `lookahead`
+  // positions for drafted tokens (DecodeEntry::num_lookahead), granted after every running
+  // sequence has its decode token, from free blocks only (speculation never preempts), within
+  // the token budget and never past max_tokens. 0 = plain decoding. NOT_FOUND for an unknown
+  // id; INVALID_ARGUMENT outside [0, kMaxLookahead].
+  absl::Status SetLookahead(const RequestId& id, int64_t lookahead);
+
   // Ends a request at once, releasing its blocks and tail slot; it appears in no FinishedRequest.
   // If it is in the outstanding plan the node must not run its item (its blocks may be reused)
   // and UpdateFromOutput ignores it. NOT_FOUND for an id not in the scheduler (never added,
@@ -192,6 +202,7 @@ class Scheduler {
     int64_t num_tokens = 0;
     bool decode = false;
     bool completes_prompt = false;
+    int64_t lookahead = 0;
   };
   enum class Grow { kOk, kStalled, kGone };
 
@@ -205,6 +216,10 @@ class Scheduler {
   std::unique_ptr<Request> NewRequest(RequestSpec spec);
 
   void ScheduleDecodes(Step* step);
+  // Grants decode entries their lookahead positions (SetLookahead).
+  void GrantLookahead(Step* step);
+  // After a step: releases r's lookahead blocks that its committed positions do not need.
+  void TrimLookahead(Request* r);
   void ScheduleRunningPrefills(Step* step);
   void AdmitWaiting(Step* step);
   // Grows r's table to cover `positions`, preempting as needed. kGone: r left running_.

@@ -1,5 +1,6 @@
 #include "tests/sched/sched_test_util.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -50,8 +51,10 @@ std::string CheckPlan(const SchedulerConfig& config, const SchedulerOutput& plan
                       const kv::BlockPool& blocks, const kv::BlockPool& tail_slots) {
   const int64_t items = static_cast<int64_t>(plan.decodes.size() + plan.prefills.size());
   if (items > config.max_num_seqs) return absl::StrCat(items, " items > max_num_seqs");
-  if (plan.num_decode_tokens != static_cast<int64_t>(plan.decodes.size())) {
-    return "num_decode_tokens differs from the decode entries";
+  int64_t decode_tokens = 0;
+  for (const DecodeEntry& d : plan.decodes) decode_tokens += 1 + d.num_lookahead;
+  if (plan.num_decode_tokens != decode_tokens) {
+    return "num_decode_tokens differs from the decode entries and their lookahead";
   }
   if (plan.num_scheduled_tokens() > config.max_num_batched_tokens) {
     return absl::StrCat(plan.num_scheduled_tokens(), " tokens > max_num_batched_tokens");
@@ -86,7 +89,12 @@ std::string CheckPlan(const SchedulerConfig& config, const SchedulerOutput& plan
     return "";
   };
   for (const DecodeEntry& d : plan.decodes) {
-    if (std::string e = check_item(d.id, d.num_cached, 1, d.block_table, d.tail_slot); !e.empty()) {
+    if (d.num_lookahead < 0 || d.num_lookahead > kMaxLookahead) {
+      return absl::StrCat(d.id.ToString(), ": lookahead ", d.num_lookahead);
+    }
+    if (std::string e = check_item(d.id, d.num_cached, 1 + d.num_lookahead, d.block_table,
+                                   d.tail_slot);
+        !e.empty()) {
       return e;
     }
   }
@@ -187,7 +195,25 @@ SchedulerOutput Harness::Step() {
   };
   for (const DecodeEntry& d : plan.decodes) {
     EXPECT_EQ(d.token, ExpectedToken(d.id, d.num_cached)) << d.id << " at " << d.num_cached;
-    answer(d.id, d.num_cached + 1);
+    // Speculation: the drafts that match are the expected tokens, then the correction.
+    const int64_t accepted =
+        accept_fn ? std::clamp<int64_t>(accept_fn(d), 0, d.num_lookahead) : 0;
+    std::vector<int32_t> drafts;
+    int64_t pos = d.num_cached + 1;
+    for (; pos <= d.num_cached + accepted; ++pos) {
+      drafts.push_back(FakeToken(d.id, pos));
+      if (stop_fn && stop_fn(d.id, pos, drafts.back())) break;
+    }
+    if (pos <= d.num_cached + accepted) {  // a stop inside the accepted drafts ends it there
+      const int32_t last = drafts.back();
+      drafts.pop_back();
+      result.outputs.push_back(RequestOutput{.id = d.id, .token = last,
+                                             .accepted_drafts = drafts,
+                                             .finish = FinishReason::kStop});
+      continue;
+    }
+    answer(d.id, pos);
+    result.outputs.back().accepted_drafts = drafts;
   }
   for (const PrefillChunk& c : plan.prefills) {
     for (size_t i = 0; i < c.tokens.size(); ++i) {

@@ -66,6 +66,10 @@ class Harness {
   // The output a request must end with after n generated tokens.
   std::vector<int32_t> ExpectedOutput(const RequestId& id, int64_t n) const;
 
+  // Speculation: how many of a decode entry's num_lookahead drafted tokens the fake node
+  // accepts (clamped to [0, num_lookahead]; they are the expected tokens, so outputs do not
+  // change); nullptr: none.
+  std::function<int64_t(const DecodeEntry& d)> accept_fn;
   // The node's stop decision for a sampled token; nullptr: never stop.
   std::function<bool(const RequestId& id, int64_t pos, int32_t token)> stop_fn;
   // PREFILL role: retain the blocks and tail slot of every completed prompt (an in-flight KV
