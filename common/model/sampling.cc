@@ -148,6 +148,33 @@ bool Sampler::IsStopToken(int32_t token) const {
          params_.stop_token_ids.end();
 }
 
+double Sampler::Uniform() { return Uniform01(rng_); }
+
+int32_t Sampler::Draw(absl::Span<const double> weights) {
+  double total = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (!(weights[i] >= 0) || !std::isfinite(weights[i])) {
+      Die(absl::StrCat("Draw: weights[", i, "] must be finite and >= 0, got ", weights[i]));
+    }
+    total += weights[i];
+  }
+  if (!(total > 0) || !std::isfinite(total)) {
+    Die(absl::StrCat("Draw: weights must sum to a finite value > 0, got ", total));
+  }
+  const double target = Uniform() * total;
+  // As in Sample(): the first index whose cumulative weight passes target; rounding can leave
+  // target just above the final sum, and then the last positive weight absorbs it.
+  double mass = 0;
+  int32_t chosen = -1;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] == 0) continue;
+    mass += weights[i];
+    chosen = static_cast<int32_t>(i);
+    if (mass > target) break;
+  }
+  return chosen;
+}
+
 void Sampler::ApplyPenalties(absl::Span<float> logits, absl::Span<const int32_t> prompt,
                              absl::Span<const int32_t> generated) const {
   CheckLogits(logits.size(), vocab_size_);

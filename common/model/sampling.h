@@ -106,6 +106,17 @@ class Sampler {
   // True when `token` is one of params().stop_token_ids.
   bool IsStopToken(int32_t token) const;
 
+  // Raw draws from this sampler's RNG, for callers that sample outside Sample() (speculative
+  // acceptance) but must stay seeded like it: a copy of the sampler continues the same
+  // stream, and every platform draws the same values.
+  //
+  // One draw in [0, 1): the top 53 bits of one 64-bit RNG output, times 2^-53.
+  double Uniform();
+  // An index drawn with probability weights[i] / sum(weights), using exactly one Uniform();
+  // indices with weight 0 are never drawn. O(weights.size()).
+  // REQUIRES: every weight is finite and >= 0, and their sum is > 0 (violations abort).
+  int32_t Draw(absl::Span<const double> weights);
+
   const SamplingParams& params() const { return params_; }
   int32_t vocab_size() const { return vocab_size_; }
 

@@ -457,19 +457,24 @@ TEST(SamplerPenaltyTest, DistributionSeesPenalizedLogits) {
 
 // ---- Seeds ----
 
+// Two samplers made from `params` give the same `run`; one with the next seed does not.
+void ExpectSeedDeterminesRun(SamplingParams params, int32_t vocab,
+                             const std::function<std::vector<int32_t>(Sampler&)>& run) {
+  Sampler a = MakeSampler(params, vocab);
+  Sampler b = MakeSampler(params, vocab);
+  const std::vector<int32_t> first = run(a);
+  EXPECT_EQ(first, run(b));
+  params.seed += 1;
+  Sampler c = MakeSampler(params, vocab);
+  EXPECT_NE(first, run(c));
+}
+
 TEST(SamplerTest, SameSeedSameSequence) {
   const std::vector<float> logits = RandomLogits(1000, 5, 1.0);
   SamplingParams params;
   params.seed = 1234;
   params.top_p = 0.95;
-  Sampler a = MakeSampler(params, 1000);
-  Sampler b = MakeSampler(params, 1000);
-  const std::vector<int32_t> first = SampleMany(a, logits, 100);
-  EXPECT_EQ(first, SampleMany(b, logits, 100));
-
-  params.seed = 1235;
-  Sampler c = MakeSampler(params, 1000);
-  EXPECT_NE(first, SampleMany(c, logits, 100));
+  ExpectSeedDeterminesRun(params, 1000, [&](Sampler& s) { return SampleMany(s, logits, 100); });
 }
 
 TEST(SamplerTest, CopyContinuesTheSameStream) {
@@ -478,6 +483,89 @@ TEST(SamplerTest, CopyContinuesTheSameStream) {
   SampleMany(a, logits, 3);
   Sampler b = a;
   EXPECT_EQ(SampleMany(a, logits, 50), SampleMany(b, logits, 50));
+}
+
+// ---- Raw draws (Uniform, Draw) ----
+
+TEST(SamplerDrawTest, UniformIsTheTop53BitsOfTheSeededStream) {
+  SamplingParams params;
+  params.seed = 99;
+  Sampler sampler = MakeSampler(params, 4);
+  std::mt19937_64 reference(99);
+  for (int i = 0; i < 1000; ++i) {
+    const double u = sampler.Uniform();
+    EXPECT_EQ(u, static_cast<double>(reference() >> 11) * 0x1.0p-53);
+    EXPECT_GE(u, 0.0);
+    EXPECT_LT(u, 1.0);
+  }
+}
+
+TEST(SamplerDrawTest, UniformDependsOnTheSeedAndCopiesContinueTheStream) {
+  SamplingParams params;
+  params.seed = 5;
+  Sampler a = MakeSampler(params, 4);
+  Sampler b = MakeSampler(params, 4);
+  params.seed = 6;
+  Sampler c = MakeSampler(params, 4);
+  const double first = a.Uniform();
+  EXPECT_EQ(first, b.Uniform());
+  EXPECT_NE(first, c.Uniform());
+  Sampler d = a;
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(a.Uniform(), d.Uniform());
+}
+
+std::vector<int32_t> DrawMany(Sampler& sampler, const std::vector<double>& weights, int n) {
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) out.push_back(sampler.Draw(weights));
+  return out;
+}
+
+TEST(SamplerDrawTest, DrawIsDeterministicPerSeed) {
+  const std::vector<double> weights = {0.5, 1.0, 0.0, 2.0, 0.25};
+  SamplingParams params;
+  params.seed = 42;
+  ExpectSeedDeterminesRun(params, 4, [&](Sampler& s) { return DrawMany(s, weights, 200); });
+}
+
+TEST(SamplerDrawTest, DrawUsesExactlyOneUniform) {
+  SamplingParams params;
+  params.seed = 7;
+  Sampler a = MakeSampler(params, 4);
+  Sampler b = MakeSampler(params, 4);
+  const double u = b.Uniform();
+  // Cumulative weights 0.25, 0.5, 0.75, 1: the index is floor(4 u).
+  EXPECT_EQ(a.Draw(std::vector<double>{1, 1, 1, 1}), static_cast<int32_t>(u * 4));
+  EXPECT_EQ(a.Uniform(), b.Uniform());
+}
+
+TEST(SamplerDrawTest, FrequenciesFollowTheWeights) {
+  // Unnormalized on purpose; the zero weight is never drawn.
+  const std::vector<double> weights = {3.0, 0.0, 1.0, 0.5, 5.5};
+  const double total = 10.0;
+  SamplingParams params;
+  params.seed = 11;
+  Sampler sampler = MakeSampler(params, 4);
+  constexpr int kDraws = 40000;
+  std::vector<int> counts(weights.size(), 0);
+  for (int32_t i : DrawMany(sampler, weights, kDraws)) ++counts[i];
+  EXPECT_EQ(counts[1], 0);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    // Standard deviation of a frequency is at most 0.0025 here; allow 4 of them.
+    EXPECT_NEAR(static_cast<double>(counts[i]) / kDraws, weights[i] / total, 0.01) << i;
+  }
+}
+
+TEST(SamplerDrawTest, SinglePositiveWeightIsAlwaysDrawn) {
+  Sampler sampler = MakeSampler(SamplingParams{}, 4);
+  for (int32_t i : DrawMany(sampler, {0.0, 0.0, 1e-300, 0.0}, 100)) EXPECT_EQ(i, 2);
+}
+
+TEST(SamplerDeathTest, DrawRejectsBadWeights) {
+  Sampler sampler = MakeSampler(SamplingParams{}, 4);
+  EXPECT_DEATH(sampler.Draw(std::vector<double>{1.0, -0.5}), "weights\\[1\\]");
+  EXPECT_DEATH(sampler.Draw(std::vector<double>{0.0, 0.0}), "sum");
+  EXPECT_DEATH(sampler.Draw(std::vector<double>{}), "sum");
+  EXPECT_DEATH(sampler.Draw(std::vector<double>{1.0, std::nan("")}), "weights\\[1\\]");
 }
 
 // ---- Logprobs ----
