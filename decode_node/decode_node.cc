@@ -196,6 +196,7 @@ absl::StatusOr<v1::ReserveResponse> DecodeNode::DoReserve(const v1::ReserveReque
   r->num_prompt_tokens = n;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
   r->cache_salt = request.cache_salt();
+  r->speculate = request.speculation() == v1::SPECULATION_ON;
   // Full-block hashes of the prompt, for the prefix-cache lookup below.
   const std::vector<kv::BlockHash> prompt_hashes =
       options_.enable_prefix_caching && ids == n
@@ -416,6 +417,7 @@ grpc::ServerWriteReactor<v1::TokenEvent>* DecodeNode::Run(grpc::CallbackServerCo
   r->stream_opened = true;
   r->sink = std::make_shared<node::TokenSink>(n, 0);
   r->cache_salt = request->cache_salt();
+  r->speculate = request->speculation() == v1::SPECULATION_ON;
   if (resumed > 0) {
     if (absl::Status s = r->completion.Resume(
             absl::MakeConstSpan(r->prompt).subspan(static_cast<size_t>(n - resumed)));
@@ -524,6 +526,15 @@ void DecodeNode::AddCounters(google::protobuf::Map<std::string, int64_t>* counte
   (*counters)["kv_checksum_errors"] = num_checksum_errors_;
   (*counters)["leases_expired"] = num_leases_expired_;
   (*counters)["preemptions"] = scheduler_.num_preemptions();
+  if (options_.speculator != nullptr) {
+    (*counters)["spec_decode_num_drafts"] = spec_stats_.num_drafts;
+    (*counters)["spec_decode_num_draft_tokens"] = spec_stats_.num_draft_tokens;
+    (*counters)["spec_decode_num_accepted_tokens"] = spec_stats_.num_accepted_tokens;
+    for (size_t i = 0; i < spec_stats_.accepted_per_position.size(); ++i) {
+      (*counters)[absl::StrCat("spec_decode_accepted_pos_", i)] =
+          spec_stats_.accepted_per_position[i];
+    }
+  }
   if (options_.enable_prefix_caching) {
     // Colocated: prompts looked up at admission; decode: at reservation.
     node::AddPrefixCacheCounters(options_.role == sched::Role::kColocated

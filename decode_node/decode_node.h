@@ -23,8 +23,10 @@
 // UNAVAILABLE "preempted: KV pool exhausted; retry" and a retry-after hint: nothing resumes it
 // yet (the router may retry the request when no token was streamed).
 //
-// Not yet: speculative decoding (ReserveRequest.speculation is ignored), the prefix cache
-// (cache_salt is ignored), and Reserve on COLOCATED nodes (the scheduler's COLOCATED role has
+// Speculative decoding (node/speculator.h) when the node has a speculator and the request asks
+// for it (ReserveRequest.speculation / RunRequest.speculation ON, resolved by the router).
+//
+// Not yet: Reserve on COLOCATED nodes (the scheduler's COLOCATED role has
 // no AddRunning; such nodes answer Reserve with FAILED_PRECONDITION and serve Run only).
 #ifndef DUET_DECODE_NODE_DECODE_NODE_H_
 #define DUET_DECODE_NODE_DECODE_NODE_H_
@@ -56,6 +58,7 @@
 #include "common/sched/scheduler.h"
 #include "duet/v1/internal.grpc.pb.h"
 #include "node/completion.h"
+#include "node/speculator.h"
 #include "node/token_stream.h"
 
 namespace duet::decode {
@@ -85,6 +88,8 @@ struct DecodeNodeOptions {
   absl::Duration test_step_delay = absl::ZeroDuration();
   // Metrics (null = none; owned by the caller, outlives the node).
   prometheus::Histogram* decode_batch_size = nullptr;
+  // Speculative decoding (null = off; used only by the worker thread).
+  std::shared_ptr<node::Speculator> speculator;
 };
 
 class DecodeNode final : public v1::DecodeService::CallbackService {
@@ -184,6 +189,15 @@ class DecodeNode final : public v1::DecodeService::CallbackService {
   sched::RequestOutput Emit(Request& r, int32_t token,
                             const std::optional<v1::TokenLogprobs>& logprobs);
   sched::RequestOutput SampleAndEmit(Request& r, absl::Span<const float> logits);
+  // Records a speculative step's tokens (kept drafts, then the next token) up to the first
+  // that ends the completion.
+  sched::RequestOutput EmitSeveral(Request& r, absl::Span<const int32_t> tokens);
+  // Speculation before Schedule(): each running sequence's lookahead.
+  void SetLookaheads() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The decode entries of `plan` on the engine, speculatively when any has lookahead.
+  void RunDecodes(const sched::SchedulerOutput& plan,
+                  const std::vector<std::shared_ptr<Request>>& decoding,
+                  sched::StepResult* result);
   // One KvChunk of a PushKv call, on the worker. Returns OK with *done when the transfer
   // completed, OK with !*done to go on, or the error that ends the call.
   absl::Status HandleChunk(PushKvReactor* reactor, const v1::KvChunk& chunk, bool* done)
@@ -226,6 +240,9 @@ class DecodeNode final : public v1::DecodeService::CallbackService {
   int64_t num_leases_expired_ ABSL_GUARDED_BY(mu_) = 0;
   sched::PrefixCacheStats reserve_prefix_stats_ ABSL_GUARDED_BY(mu_);  // decode role
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  // Speculation: ended requests whose speculator state the worker frees, and the totals.
+  std::vector<uint64_t> spec_released_ ABSL_GUARDED_BY(mu_);
+  node::SpeculationStats spec_stats_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
@@ -250,6 +267,7 @@ struct DecodeNode::Request {
   bool prefill_started = false;                      // Run: its first prefill chunk ran
   int64_t num_present_blocks = 0;  // Reserve: leading blocks the prefix cache had (not sent)
   std::string cache_salt;                            // Run: RunRequest.cache_salt
+  bool speculate = false;  // the request asked for speculative decoding
   std::unique_ptr<kv::KvTransferReceiver> receiver;  // from the first chunk on
   std::shared_ptr<node::TokenSink> sink;
   absl::Time done_at;           // when it became kDone

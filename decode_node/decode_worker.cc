@@ -89,6 +89,9 @@ void DecodeNode::ExpireLeases() {
 }
 
 void DecodeNode::MarkDone(Request& r) {
+  if (options_.speculator != nullptr && r.phase == Phase::kRunning) {
+    spec_released_.push_back(r.serial);
+  }
   r.phase = Phase::kDone;
   r.done_at = clock_->Now();
   if (!r.stream_opened) return;  // kept for its StreamTokens to collect
@@ -121,12 +124,120 @@ sched::RequestOutput DecodeNode::SampleAndEmit(Request& r, absl::Span<const floa
   return Emit(r, s.token, logprobs);
 }
 
+sched::RequestOutput DecodeNode::EmitSeveral(Request& r, absl::Span<const int32_t> tokens) {
+  sched::RequestOutput out{r.id, std::nullopt, sched::FinishReason::kNone, {}};
+  size_t emitted = 0;
+  while (emitted < tokens.size()) {
+    const int32_t token = tokens[emitted++];
+    const node::StopKind stop = r.completion.Append(token);
+    if (stop != node::StopKind::kNone || emitted == tokens.size()) {
+      out.token = token;
+      out.finish = SchedulerReason(stop);
+      break;
+    }
+    out.accepted_drafts.push_back(token);
+  }
+  r.sink->AddTokens(tokens.subspan(0, emitted), {});
+  return out;
+}
+
+void DecodeNode::SetLookaheads() {
+  node::Speculator* spec = options_.speculator.get();
+  for (uint64_t key : std::exchange(spec_released_, {})) spec->Release(key);
+  const int64_t batch = scheduler_.num_running();
+  for (const auto& [id, r] : requests_) {
+    if (r->phase != Phase::kRunning) continue;
+    const bool eligible = r->speculate && r->completion.num_logprobs() == 0;
+    // NOT_FOUND for a request not in the scheduler yet (Run queued as a task): harmless.
+    (void)scheduler_.SetLookahead(id, eligible ? spec->Lookahead(r->serial, batch) : 0);
+  }
+}
+
+void DecodeNode::RunDecodes(const sched::SchedulerOutput& plan,
+                            const std::vector<std::shared_ptr<Request>>& decoding,
+                            sched::StepResult* result) {
+  const int64_t vocab = vocab_size_;
+  std::vector<DecodeItem> items;
+  items.reserve(plan.decodes.size());
+  bool greedy = true;
+  bool speculative = false;
+  for (size_t i = 0; i < plan.decodes.size(); ++i) {
+    const sched::DecodeEntry& d = plan.decodes[i];
+    items.push_back(DecodeItem{SequenceRef{d.block_table, d.num_cached, d.tail_slot}, d.token});
+    greedy = greedy && decoding[i]->completion.sampling().greedy_argmax();
+    speculative = speculative || d.num_lookahead > 0;
+  }
+  if (options_.test_step_delay > absl::ZeroDuration()) absl::SleepFor(options_.test_step_delay);
+  if (options_.decode_batch_size != nullptr) {
+    options_.decode_batch_size->Observe(static_cast<double>(items.size()));
+  }
+  absl::Status status;
+  bool done = false;
+  if (speculative && options_.speculator != nullptr) {
+    std::vector<std::vector<int32_t>> contexts(items.size());
+    std::vector<node::Speculator::Item> spec_items;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const Request& r = *decoding[i];
+      contexts[i] = r.prompt;
+      const std::vector<int32_t>& generated = r.completion.generated();
+      contexts[i].insert(contexts[i].end(), generated.begin(), generated.end());
+      spec_items.push_back({r.serial, items[i].seq, items[i].token, contexts[i],
+                            plan.decodes[i].num_lookahead, &r.completion});
+    }
+    absl::StatusOr<std::optional<std::vector<node::Speculator::Outcome>>> outcomes =
+        options_.speculator->Step(*engine_, spec_items);
+    status = outcomes.status();
+    if (outcomes.ok() && outcomes->has_value()) {
+      done = true;
+      for (size_t i = 0; i < items.size(); ++i) {
+        const node::Speculator::Outcome& o = (**outcomes)[i];
+        result->outputs.push_back(o.logits.empty() ? EmitSeveral(*decoding[i], o.tokens)
+                                                   : SampleAndEmit(*decoding[i], o.logits));
+      }
+      absl::MutexLock lock(&mu_);
+      spec_stats_ = options_.speculator->stats();
+    }
+  }
+  if (status.ok() && !done) {
+    const absl::Time start = absl::Now();
+    if (greedy) {
+      absl::StatusOr<std::vector<int32_t>> tokens = engine_->DecodeStepGreedy(items);
+      status = tokens.status();
+      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
+        result->outputs.push_back(Emit(*decoding[i], (*tokens)[i], std::nullopt));
+      }
+    } else {
+      absl::StatusOr<std::vector<float>> logits = engine_->DecodeStep(items);
+      status = logits.status();
+      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
+        result->outputs.push_back(SampleAndEmit(
+            *decoding[i], absl::Span<const float>(logits->data() + static_cast<int64_t>(i) * vocab,
+                                                  static_cast<size_t>(vocab))));
+      }
+    }
+    if (status.ok() && options_.speculator != nullptr) {
+      options_.speculator->ObservePlainStep(static_cast<int64_t>(items.size()),
+                                            absl::ToDoubleSeconds(absl::Now() - start));
+    }
+  }
+  if (!status.ok()) {
+    spdlog::error("decode {}: decode step of {} sequences failed: {}", options_.node_id,
+                  items.size(), status.ToString());
+    for (size_t i = 0; i < items.size(); ++i) {
+      decoding[i]->error =
+          absl::Status(status.code(), absl::StrCat("decode step failed: ", status.message()));
+      result->outputs.push_back({plan.decodes[i].id, std::nullopt, sched::FinishReason::kAborted, {}});
+    }
+  }
+}
+
 bool DecodeNode::RunStep() {
   sched::SchedulerOutput plan;
   std::vector<std::shared_ptr<Request>> decoding, prefilling;
   {
     absl::MutexLock lock(&mu_);
     if (!scheduler_.has_requests()) return false;
+    if (options_.speculator != nullptr) SetLookaheads();
     plan = scheduler_.Schedule();
     for (const sched::Preempted& p : plan.preempted) {
       std::shared_ptr<Request> r = Find(p.id);
@@ -143,7 +254,6 @@ bool DecodeNode::RunStep() {
   }
   const bool progressed = !plan.empty() || !plan.preempted.empty();
   sched::StepResult result;
-  const int64_t vocab = vocab_size_;
 
   for (size_t i = 0; i < plan.prefills.size(); ++i) {
     const sched::PrefillChunk& c = plan.prefills[i];
@@ -156,51 +266,13 @@ bool DecodeNode::RunStep() {
     if (!logits.ok()) {
       r.error = absl::Status(logits.status().code(),
                              absl::StrCat("prefill failed: ", logits.status().message()));
-      result.outputs.push_back({c.id, std::nullopt, sched::FinishReason::kAborted});
+      result.outputs.push_back({c.id, std::nullopt, sched::FinishReason::kAborted, {}});
     } else if (c.completes_prompt) {
       result.outputs.push_back(SampleAndEmit(r, *logits));
     }
   }
 
-  if (!plan.decodes.empty()) {
-    std::vector<DecodeItem> items;
-    items.reserve(plan.decodes.size());
-    bool greedy = true;
-    for (size_t i = 0; i < plan.decodes.size(); ++i) {
-      const sched::DecodeEntry& d = plan.decodes[i];
-      items.push_back(DecodeItem{SequenceRef{d.block_table, d.num_cached, d.tail_slot}, d.token});
-      greedy = greedy && decoding[i]->completion.sampling().greedy_argmax();
-    }
-    absl::Status status;
-    if (options_.test_step_delay > absl::ZeroDuration()) absl::SleepFor(options_.test_step_delay);
-    if (options_.decode_batch_size != nullptr) {
-      options_.decode_batch_size->Observe(static_cast<double>(items.size()));
-    }
-    if (greedy) {
-      absl::StatusOr<std::vector<int32_t>> tokens = engine_->DecodeStepGreedy(items);
-      status = tokens.status();
-      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
-        result.outputs.push_back(Emit(*decoding[i], (*tokens)[i], std::nullopt));
-      }
-    } else {
-      absl::StatusOr<std::vector<float>> logits = engine_->DecodeStep(items);
-      status = logits.status();
-      for (size_t i = 0; status.ok() && i < items.size(); ++i) {
-        result.outputs.push_back(SampleAndEmit(
-            *decoding[i], absl::Span<const float>(logits->data() + static_cast<int64_t>(i) * vocab,
-                                                  static_cast<size_t>(vocab))));
-      }
-    }
-    if (!status.ok()) {
-      spdlog::error("decode {}: decode step of {} sequences failed: {}", options_.node_id,
-                    items.size(), status.ToString());
-      for (size_t i = 0; i < items.size(); ++i) {
-        decoding[i]->error =
-            absl::Status(status.code(), absl::StrCat("decode step failed: ", status.message()));
-        result.outputs.push_back({plan.decodes[i].id, std::nullopt, sched::FinishReason::kAborted});
-      }
-    }
-  }
+  if (!plan.decodes.empty()) RunDecodes(plan, decoding, &result);
 
   absl::MutexLock lock(&mu_);
   if (absl::Status s = scheduler_.UpdateFromOutput(result); !s.ok()) {

@@ -30,6 +30,13 @@ int main(int argc, char** argv) {
         if (options.histograms != nullptr) {
           decode_options.decode_batch_size = options.histograms->decode_batch_size;
         }
+        if (options.speculation.method != "off") {
+          absl::StatusOr<std::unique_ptr<duet::node::Speculator>> speculator =
+              duet::node::Speculator::Create(options.speculation, options.backend, model.file,
+                                             *model.engine, duet::node::EngineOptionsFor(options));
+          if (!speculator.ok()) return speculator.status();
+          decode_options.speculator = std::move(*speculator);
+        }
         absl::StatusOr<std::unique_ptr<duet::decode::DecodeNode>> node =
             duet::decode::DecodeNode::Create(decode_options, model.engine.get(),
                                              model.tokenizer.get());

@@ -98,6 +98,24 @@ SampleResult Completion::Sample(absl::Span<const float> logits) const {
   return sampler->Sample(logits, prompt_, generated_);
 }
 
+std::vector<double> Completion::Distribution(absl::Span<const float> logits,
+                                             absl::Span<const int32_t> drafts) const {
+  std::vector<int32_t> generated = generated_;
+  generated.insert(generated.end(), drafts.begin(), drafts.end());
+  const absl::StatusOr<Sampler> sampler = Sampler::Create(sampling_.params, vocab_size_);
+  std::vector<double> dense(static_cast<size_t>(vocab_size_), 0.0);
+  for (const TokenProb& p : sampler->Distribution(logits, prompt_, generated)) {
+    dense[static_cast<size_t>(p.token)] += p.prob;
+  }
+  return dense;
+}
+
+Sampler Completion::StepSampler() const {
+  SamplingParams params = sampling_.params;
+  params.seed = TokenSeed(sampling_.params.seed, static_cast<int64_t>(generated_.size()));
+  return *Sampler::Create(params, vocab_size_);
+}
+
 StopKind Completion::Append(int32_t token) {
   generated_.push_back(token);
   const SamplingParams& p = sampling_.params;

@@ -63,6 +63,15 @@ class Completion {
   // Samples completion token number generated().size() from `logits` [vocab].
   SampleResult Sample(absl::Span<const float> logits) const;
 
+  // Speculative decoding. The distribution completion token generated().size() + drafts.size()
+  // is drawn from when the tokens before it are generated() then `drafts` (penalties over
+  // both), dense over the vocab: Sample's distribution for that token.
+  std::vector<double> Distribution(absl::Span<const float> logits,
+                                   absl::Span<const int32_t> drafts) const;
+  // The RNG of a speculative step whose first token is completion token generated().size():
+  // a Sampler seeded with TokenSeed of that index (as Sample would be).
+  Sampler StepSampler() const;
+
   // Records the next completion token and returns why the completion ends after it (kNone:
   // it goes on). Checked in this order: EOS (unless ignore_eos), stop_token_ids, stop strings
   // (over the detokenized text), max_tokens. Once it returned a stop, the completion is over.

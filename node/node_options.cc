@@ -85,7 +85,7 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
                                              std::string* usage) {
   NodeOptions o;
   o.role = role;
-  std::string config_path, role_name, kv_dtype, prefix_caching;
+  std::string config_path, role_name, kv_dtype, prefix_caching, self_draft_type, spec_adaptive;
   std::vector<std::string> overrides;
   int64_t port = 0, kv_pool_mb = 0;
   ArgParser parser(program);
@@ -117,6 +117,14 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   parser.AddInt("heartbeat-ms", &o.heartbeat_interval_ms, "heartbeat period (default 1000)");
   parser.AddString("prefix-caching", &prefix_caching,
                    "on (default) or off: reuse cached KV of shared prompt prefixes");
+  parser.AddString("speculation", &o.speculation.method,
+                   "decode: off (default), ngram, draft or self (speculative decoding)");
+  parser.AddString("draft-model", &o.speculation.draft_model, "decode: GGUF draft model");
+  parser.AddString("self-draft-type", &self_draft_type, "decode: q4_0 (default) or q8_0");
+  parser.AddInt("num-speculative-tokens", &o.speculation.adaptive.max_draft_tokens,
+                "decode: most drafted tokens per step (default 4)");
+  parser.AddString("speculation-adaptive", &spec_adaptive,
+                   "decode: on (default) or off: adapt the draft length, off where it won't pay");
   parser.AddInt("layers-per-group", &o.layers_per_group,
                 "prefill: layers between KV sends (default: a quarter of the layers)");
   parser.AddInt("max-chunk-bytes", &o.max_chunk_bytes, "prefill: KvChunk payload budget");
@@ -181,6 +189,30 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat("--prefix-caching '", prefix_caching, "' is not one of: on, off"));
+  }
+  const v1::SpeculationConfig& spec = config.speculation();
+  if (!parser.WasSet("speculation")) o.speculation.method = spec.method();
+  if (!parser.WasSet("draft-model")) o.speculation.draft_model = spec.draft_model();
+  if (!parser.WasSet("self-draft-type")) self_draft_type = spec.self_draft_type();
+  if (self_draft_type == "q4_0" || self_draft_type == "q8_0") {
+    o.speculation.self_draft_type = self_draft_type == "q4_0" ? GgmlType::kQ4_0 : GgmlType::kQ8_0;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--self-draft-type '", self_draft_type, "' is not one of: q4_0, q8_0"));
+  }
+  if (!parser.WasSet("num-speculative-tokens")) {
+    o.speculation.adaptive.max_draft_tokens = spec.num_speculative_tokens();
+  }
+  if (!parser.WasSet("speculation-adaptive")) {
+    o.speculation.adaptive_enabled = spec.adaptive();
+  } else if (spec_adaptive == "on" || spec_adaptive == "off") {
+    o.speculation.adaptive_enabled = spec_adaptive == "on";
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculation-adaptive '", spec_adaptive, "' is not one of: on, off"));
+  }
+  if (absl::Status s = o.speculation.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("speculation: ", s.message()));
   }
   DUET_RETURN_IF_ERROR(CheckPositive("--block-size", o.block_size));
   DUET_RETURN_IF_ERROR(CheckPositive("--max-num-seqs", o.max_num_seqs));

@@ -16,6 +16,7 @@
 #include "common/engine/engine.h"
 #include "common/kv/paged_kv.h"
 #include "duet/v1/types.pb.h"
+#include "node/speculator.h"
 
 namespace duet::node {
 
@@ -47,6 +48,8 @@ struct NodeOptions {
   int64_t test_decode_step_delay_ms = 0;    // decode, tests only (DecodeNodeOptions)
   std::string log_level = "info";  // trace|debug|info|warn|error|off
   int64_t metrics_port = -1;       // Prometheus /metrics on host:port; 0 = any free; -1 = off
+  // Decode and colocated nodes: speculative decoding (node/speculator.h).
+  SpeculationOptions speculation;
   // Set by RunNodeMain when metrics are on: the histograms the node feeds.
   std::shared_ptr<metrics::NodeHistograms> histograms;
 };

@@ -145,11 +145,38 @@ std::vector<metrics::Sample> NodeSamples(const NodeHooks& hooks) {
        "Prompt tokens found in the prefix cache (not recomputed)."},
       {"prefix_cache_evictions", "duet:prefix_cache_evictions_total",
        "Cached KV blocks evicted to make room."},
+      {"spec_decode_num_drafts", "duet:spec_decode_num_drafts_total",
+       "Speculative steps of a sequence that verified at least one drafted token."},
+      {"spec_decode_num_draft_tokens", "duet:spec_decode_num_draft_tokens_total",
+       "Drafted tokens verified."},
+      {"spec_decode_num_accepted_tokens", "duet:spec_decode_num_accepted_tokens_total",
+       "Drafted tokens accepted."},
   };
   for (const Mapping& m : kMappings) {
     auto it = counters.find(m.counter);
     if (it == counters.end()) continue;
     samples.push_back({m.metric, m.help, MetricType::Counter, static_cast<double>(it->second), {}});
+  }
+  // Speculative decoding: per-position acceptance, acceptance rate, mean accepted length.
+  for (int position = 0;; ++position) {
+    auto it = counters.find(absl::StrCat("spec_decode_accepted_pos_", position));
+    if (it == counters.end()) break;
+    samples.push_back({"duet:spec_decode_num_accepted_tokens_per_pos_total",
+                       "Drafted tokens accepted, by their position in the draft (0 = first).",
+                       MetricType::Counter, static_cast<double>(it->second),
+                       {{"position", std::to_string(position)}}});
+  }
+  if (auto drafts = counters.find("spec_decode_num_drafts"); drafts != counters.end()) {
+    const double num_drafts = static_cast<double>(drafts->second);
+    const double drafted = static_cast<double>(counters["spec_decode_num_draft_tokens"]);
+    const double accepted = static_cast<double>(counters["spec_decode_num_accepted_tokens"]);
+    samples.push_back({"duet:spec_decode_acceptance_rate",
+                       "Accepted over drafted tokens since the node started.", MetricType::Gauge,
+                       drafted > 0 ? accepted / drafted : 0.0, {}});
+    samples.push_back({"duet:spec_decode_mean_accepted_length",
+                       "Tokens emitted per speculative step of a sequence (accepted drafts + 1), "
+                       "since the node started.",
+                       MetricType::Gauge, num_drafts > 0 ? 1.0 + accepted / num_drafts : 0.0, {}});
   }
   if (auto it = counters.find("prefix_cache_blocks"); it != counters.end()) {
     samples.push_back({"duet:prefix_cache_blocks", "KV blocks in the prefix cache (in use or evictable).",

@@ -74,12 +74,12 @@ struct RequestOutput {
   // The sampled token: required for every decode entry and, on COLOCATED nodes, for a chunk
   // that completes its prompt (unless `finish` is set); not allowed for other chunks.
   std::optional<int32_t> token;
+  // Set by the node to end the request: kStop (its sampler), kLength, or kAborted.
+  FinishReason finish = FinishReason::kNone;
   // Decode entries only: drafted tokens the verification accepted, which come before `token`
   // (at most the entry's num_lookahead; `token` is then required). The node committed
   // 1 + accepted_drafts.size() positions of the entry: its token and these drafts.
   std::vector<int32_t> accepted_drafts;
-  // Set by the node to end the request: kStop (its sampler), kLength, or kAborted.
-  FinishReason finish = FinishReason::kNone;
 };
 
 // Results for the last plan. Every item of the plan ran and committed its positions (a decode

@@ -555,5 +555,50 @@ TEST(ClusterTest, VulkanNodesMatchTheSingleProcessVulkanEngine) {
   }
 }
 
+// Speculative decoding through the cluster: with each proposer on the decode node (drafting
+// every step, adaptivity off), concurrent greedy requests that ask for speculation get exactly
+// the tokens of a plain single-process run, as do requests that opt out; the node reports
+// drafted and accepted tokens, and every KV block returns to the pool (rollback leaks none).
+TEST(ClusterTest, SpeculativeDecodingKeepsGreedyOutputs) {
+  for (const std::string method : {"ngram", "self"}) {
+    SCOPED_TRACE(method);
+    ClusterSpec spec = CpuSpec(1, 1);
+    spec.decode_args = {"--speculation", method, "--speculation-adaptive", "off",
+                        "--num-speculative-tokens", "4"};
+    std::unique_ptr<Cluster> cluster = MustStart(spec);
+    ASSERT_NE(cluster, nullptr);
+    auto stub = ClientStub(*cluster);
+    std::vector<v1::GenerateRequest> requests;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 4; ++i) {
+      // A repeated phrase, so prompt lookup finds matches.
+      std::vector<int32_t> prompt;
+      const std::vector<int32_t> phrase = Prompt(6, 700 + static_cast<uint32_t>(i));
+      for (int r = 0; r < 3; ++r) prompt.insert(prompt.end(), phrase.begin(), phrase.end());
+      prompts.push_back(prompt);
+      requests.push_back(TokenRequest(prompt, nodes_test::Greedy(24)));
+      requests.back().set_speculation(i == 3 ? v1::SPECULATION_OFF : v1::SPECULATION_ON);
+    }
+    const std::vector<GenerateResult> results = RunConcurrently(*stub, requests);
+    for (size_t i = 0; i < results.size(); ++i) {
+      ASSERT_TRUE(results[i].status.ok()) << results[i].status;
+      EXPECT_EQ(results[i].tokens, SoloRun("cpu", kv::CacheDtype::kFp8E4M3, prompts[i],
+                                           nodes_test::Greedy(24)))
+          << "request " << i;
+    }
+    const cluster::ClusterProcess* decode = nullptr;
+    for (const cluster::ClusterProcess& p : cluster->processes()) {
+      if (p.role == "decode") decode = &p;
+    }
+    ASSERT_NE(decode, nullptr);
+    const v1::NodeStatus status = Status(decode->address);
+    EXPECT_GT(Counter(status, "spec_decode_num_draft_tokens"), 0);
+    EXPECT_GE(Counter(status, "spec_decode_num_accepted_tokens"), 0);
+    EXPECT_LE(Counter(status, "spec_decode_num_accepted_tokens"),
+              Counter(status, "spec_decode_num_draft_tokens"));
+    EXPECT_TRUE(AwaitAllIdle(*cluster));
+  }
+}
+
 }  // namespace
 }  // namespace duet::cluster_test

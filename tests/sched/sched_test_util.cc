@@ -208,8 +208,8 @@ SchedulerOutput Harness::Step() {
       const int32_t last = drafts.back();
       drafts.pop_back();
       result.outputs.push_back(RequestOutput{.id = d.id, .token = last,
-                                             .accepted_drafts = drafts,
-                                             .finish = FinishReason::kStop});
+                                             .finish = FinishReason::kStop,
+                                             .accepted_drafts = drafts});
       continue;
     }
     answer(d.id, pos);
