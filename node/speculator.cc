@@ -17,8 +17,11 @@ namespace {
 // (memory-bound decode), so speculation is tried at first and the measurements take over.
 constexpr double kPriorFixedSeconds = 0.01;
 constexpr double kPriorPerRowSeconds = 0.0005;
-// Weight of the newest measurement in the draft-time EMA.
+// Weight of the newest measurement in the draft-time EMA (the first one sets it).
 constexpr double kDraftCostEma = 0.2;
+// After this many speculative steps in a row, one plain step measures the step time without
+// drafts (the cost model needs both; when speculation pays, this costs 1 step in 16).
+constexpr int64_t kPlainStepInterval = 16;
 
 double Seconds(absl::Time since) { return absl::ToDoubleSeconds(absl::Now() - since); }
 
@@ -88,6 +91,7 @@ Speculator::Speculator(const SpeculationOptions& options, std::unique_ptr<spec::
 int64_t Speculator::Lookahead(uint64_t key, int64_t batch) {
   if (proposer_ == nullptr) return 0;
   if (!options_.adaptive_enabled) return options_.adaptive.max_draft_tokens;
+  if (spec_steps_since_plain_ >= kPlainStepInterval) return 0;
   auto [it, inserted] = trackers_.try_emplace(key, options_.adaptive);
   const int64_t k = spec::ChooseDraftTokens(it->second, cost_, draft_cost_per_token_s_,
                                             std::max<int64_t>(batch, 1), options_.adaptive);
@@ -95,7 +99,10 @@ int64_t Speculator::Lookahead(uint64_t key, int64_t batch) {
   return k;
 }
 
-void Speculator::ObservePlainStep(int64_t rows, double seconds) { cost_.Observe(rows, seconds); }
+void Speculator::ObservePlainStep(int64_t rows, double seconds) {
+  cost_.Observe(rows, seconds);
+  spec_steps_since_plain_ = 0;
+}
 
 void Speculator::Release(uint64_t key) {
   trackers_.erase(key);
@@ -132,8 +139,11 @@ absl::StatusOr<std::optional<std::vector<Speculator::Outcome>>> Speculator::Step
     }
   }
   const double draft_seconds = Seconds(draft_start);
-  draft_cost_per_token_s_ = (1 - kDraftCostEma) * draft_cost_per_token_s_ +
-                            kDraftCostEma * draft_seconds / static_cast<double>(max_asked);
+  const double per_token = draft_seconds / static_cast<double>(max_asked);
+  draft_cost_per_token_s_ = draft_cost_known_ ? (1 - kDraftCostEma) * draft_cost_per_token_s_ +
+                                                    kDraftCostEma * per_token
+                                              : per_token;
+  draft_cost_known_ = true;
   for (size_t i : requesters) {
     if (drafts[i].empty()) trackers_.try_emplace(items[i].key, options_.adaptive).first->second.Record(0, 0);
   }
@@ -201,6 +211,7 @@ absl::StatusOr<std::optional<std::vector<Speculator::Outcome>>> Speculator::Step
   }
   DUET_RETURN_IF_ERROR(target.CommitBatch(commits));
   cost_.Observe(num_rows, Seconds(verify_start));
+  ++spec_steps_since_plain_;
 
   // 4. Statistics and each sequence's acceptance rate.
   for (size_t i = 0; i < items.size(); ++i) {

@@ -16,8 +16,10 @@
 // Adaptivity (common/spec/adaptive.h): per sequence, an acceptance-rate estimate; per node, a
 // learned line of step time against rows (fed by every verify and plain step) and the
 // measured draft time per drafted position. A sequence drafts only when the expected speedup
-// of the whole batch is at least min_speedup, so large batches (compute-bound) and
-// unpredictable text switch speculation off; probes turn it back on.
+// of the whole batch is at least min_speedup, so large batches (compute-bound), slow drafts and
+// unpredictable text switch speculation off; probes turn it back on where it could pay. Every
+// 16th step in a row of speculative ones runs plain, so the step time without drafts stays
+// measured.
 //
 // Requests that ask for logprobs never draft (their tokens come from the plain sampler, which
 // reports logprobs); they still share the verify pass with one row.
@@ -123,6 +125,8 @@ class Speculator {
   absl::flat_hash_map<uint64_t, spec::AcceptanceTracker> trackers_;
   spec::StepCostModel cost_;
   double draft_cost_per_token_s_ = 0;  // EMA of the proposer's time per draft position
+  bool draft_cost_known_ = false;
+  int64_t spec_steps_since_plain_ = 0;  // a plain step is forced every kPlainStepInterval
   SpeculationStats stats_;
 };
 

@@ -132,20 +132,34 @@ int64_t ChooseDraftTokens(const AcceptanceTracker& seq, const StepCostModel& tar
   const int64_t rows = std::max<int64_t>(1, batch_rows_without_drafts);
   const double others = static_cast<double>(rows - 1);
   const double t0 = target.Predict(rows);
-  int64_t best_k = 0;
-  double best_speedup = 1;  // S(0).
-  for (int64_t k = 1; k <= config.max_draft_tokens; ++k) {
-    const double expected = ExpectedTokensPerStep(seq.rate(), k);
-    const double tk = target.Predict(rows + k) + static_cast<double>(k) * draft_cost_per_token_s;
-    // A free step (a model that predicts 0 s) makes every draft free.
-    const double speedup = tk > 0 ? (expected * t0 - others * (tk - t0)) / tk : expected;
-    if (speedup > best_speedup) {
-      best_speedup = speedup;
-      best_k = k;
+  // The best k and its S(k) at acceptance rate alpha.
+  auto best = [&](double alpha, double* best_speedup) {
+    int64_t best_k = 0;
+    *best_speedup = 1;  // S(0).
+    for (int64_t k = 1; k <= config.max_draft_tokens; ++k) {
+      const double expected = ExpectedTokensPerStep(alpha, k);
+      const double tk =
+          target.Predict(rows + k) + static_cast<double>(k) * draft_cost_per_token_s;
+      // A free step (a model that predicts 0 s) makes every draft free.
+      const double speedup = tk > 0 ? (expected * t0 - others * (tk - t0)) / tk : expected;
+      if (speedup > *best_speedup) {
+        *best_speedup = speedup;
+        best_k = k;
+      }
     }
+    return best_k;
+  };
+  double speedup = 1;
+  const int64_t k = best(seq.rate(), &speedup);
+  if (k > 0 && speedup >= config.min_speedup) return k;
+  // Probe only when speculation could pay at all: not when even drafts that are always
+  // accepted would cost more than they save (a slow draft, a compute-bound batch).
+  double perfect = 1;
+  best(1.0, &perfect);
+  if (perfect >= config.min_speedup && config.probe_interval > 0 &&
+      seq.steps_since_draft() >= config.probe_interval) {
+    return 1;
   }
-  if (best_k > 0 && best_speedup >= config.min_speedup) return best_k;
-  if (config.probe_interval > 0 && seq.steps_since_draft() >= config.probe_interval) return 1;
   return 0;
 }
 

@@ -16,6 +16,7 @@
 #include "common/engine/engine.h"
 #include "common/model/sampling.h"
 #include "common/model/synthetic_model.h"
+#include "node/batch_generate.h"
 #include "node/completion.h"
 #include "node/speculator.h"
 #include "tests/engine/engine_test_util.h"
@@ -30,11 +31,6 @@ using node::Speculator;
 
 constexpr int64_t kSlotBlocks = 24;  // blocks per sequence in the test's tables
 
-struct GenRun {
-  std::vector<std::vector<int32_t>> outputs;
-  int64_t steps = 0;  // decode or verify passes of the target after the prefills
-};
-
 RequestSampling Greedy(int64_t max_tokens) {
   RequestSampling s;
   s.params.temperature = 0;
@@ -43,85 +39,14 @@ RequestSampling Greedy(int64_t max_tokens) {
   return s;
 }
 
-// Decodes every prompt together for `n` tokens (prefill, then batched steps), speculating
-// with `spec` when given. Sequence i uses blocks [i * kSlotBlocks, (i + 1) * kSlotBlocks) and
-// tail slot i.
-GenRun Generate(Engine& engine, Speculator* spec, const std::vector<std::vector<int32_t>>& prompts,
-             int64_t n, const RequestSampling& sampling, uint64_t key_base = 0) {
-  GenRun run;
-  const int32_t vocab = engine.config().vocab_size;
-  std::vector<std::vector<int32_t>> tables;
-  std::vector<Completion> completions;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    tables.push_back(BlockRange(static_cast<int32_t>(i * kSlotBlocks), kSlotBlocks));
-    completions.emplace_back(nullptr, sampling, prompts[i], vocab);
-    absl::StatusOr<std::vector<float>> logits =
-        engine.Prefill({tables[i], 0, static_cast<int32_t>(i)}, prompts[i]);
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    if (!logits.ok()) return run;
-    completions[i].Append(completions[i].Sample(*logits).token);
-  }
-  auto context = [&](size_t i) {
-    std::vector<int32_t> c = prompts[i];
-    c.insert(c.end(), completions[i].generated().begin(), completions[i].generated().end());
-    return c;
-  };
-  while (true) {
-    std::vector<size_t> active;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      if (static_cast<int64_t>(completions[i].generated().size()) < n) active.push_back(i);
-    }
-    if (active.empty()) break;
-    ++run.steps;
-    std::vector<std::vector<int32_t>> contexts;
-    std::vector<Speculator::Item> items;
-    std::vector<DecodeItem> plain;
-    for (size_t i : active) contexts.push_back(context(i));
-    for (size_t j = 0; j < active.size(); ++j) {
-      const size_t i = active[j];
-      const int64_t num_cached = static_cast<int64_t>(contexts[j].size()) - 1;
-      const SequenceRef seq{tables[i], num_cached, static_cast<int32_t>(i)};
-      const int64_t left = n - static_cast<int64_t>(completions[i].generated().size());
-      const int64_t lookahead =
-          spec == nullptr ? 0
-                          : std::min(spec->Lookahead(key_base + i, static_cast<int64_t>(active.size())),
-                                     left - 1);
-      items.push_back({key_base + i, seq, contexts[j].back(), contexts[j], lookahead,
-                       &completions[i]});
-      plain.push_back({seq, contexts[j].back()});
-    }
-    std::optional<std::vector<Speculator::Outcome>> outcomes;
-    if (spec != nullptr) {
-      absl::StatusOr<std::optional<std::vector<Speculator::Outcome>>> step =
-          spec->Step(engine, items);
-      EXPECT_TRUE(step.ok()) << step.status();
-      if (!step.ok()) return run;
-      outcomes = std::move(*step);
-    }
-    if (outcomes.has_value()) {
-      for (size_t j = 0; j < active.size(); ++j) {
-        Completion& c = completions[active[j]];
-        const Speculator::Outcome& o = (*outcomes)[j];
-        if (!o.logits.empty()) {
-          c.Append(c.Sample(o.logits).token);
-        } else {
-          for (int32_t t : o.tokens) c.Append(t);
-        }
-      }
-      continue;
-    }
-    absl::StatusOr<std::vector<float>> logits = engine.DecodeStep(plain);
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    if (!logits.ok()) return run;
-    for (size_t j = 0; j < active.size(); ++j) {
-      Completion& c = completions[active[j]];
-      c.Append(c.Sample(absl::MakeConstSpan(*logits).subspan(j * static_cast<size_t>(vocab),
-                                                             static_cast<size_t>(vocab)))
-                   .token);
-    }
-  }
-  for (const Completion& c : completions) run.outputs.push_back(c.generated());
-  return run;
+// GenerateBatch with this test's block ranges; fails the test on an engine error.
+node::BatchGenerateResult Generate(Engine& engine, Speculator* spec,
+                                   const std::vector<std::vector<int32_t>>& prompts, int64_t n,
+                                   const RequestSampling& sampling) {
+  absl::StatusOr<node::BatchGenerateResult> run =
+      node::GenerateBatch(engine, spec, prompts, n, sampling, kSlotBlocks);
+  EXPECT_TRUE(run.ok()) << run.status();
+  return run.ok() ? std::move(*run) : node::BatchGenerateResult{};
 }
 
 std::string TempModel(const ModelShape& shape, uint64_t seed) {
@@ -185,13 +110,13 @@ TEST_P(GreedyIdentityTest, SpeculationOnEqualsOffForEveryProposer) {
     std::unique_ptr<Engine> engine = MakeEngine(backend, m.file, options);
     ASSERT_NE(engine, nullptr);
     const auto prompts = Prompts(engine->config().vocab_size);
-    const GenRun off = Generate(*engine, nullptr, prompts, n, Greedy(n));
+    const node::BatchGenerateResult off = Generate(*engine, nullptr, prompts, n, Greedy(n));
     for (const std::string method : {"ngram", "draft", "self"}) {
       SCOPED_TRACE(method);
       std::unique_ptr<Speculator> spec =
           MakeSpeculator(method, backend, m.file, *engine, options, m.draft_path);
       ASSERT_NE(spec, nullptr);
-      const GenRun on = Generate(*engine, spec.get(), prompts, n, Greedy(n));
+      const node::BatchGenerateResult on = Generate(*engine, spec.get(), prompts, n, Greedy(n));
       EXPECT_EQ(on.outputs, off.outputs);
       const node::SpeculationStats& stats = spec->stats();
       EXPECT_GT(stats.num_draft_tokens, 0);

@@ -85,11 +85,6 @@ absl::StatusOr<BenchResult> RunOne(Engine& engine, int64_t prompt_len, int64_t b
   return r;
 }
 
-std::string WeightTypeName(const GgufFile& file) {
-  const GgufTensorInfo* t = file.FindTensor("blk.0.attn_q.weight");
-  return t == nullptr ? "?" : std::string(GgmlTypeName(t->type));
-}
-
 }  // namespace
 
 int RunBench(const Args& args) {

@@ -15,6 +15,7 @@ int RunTokenize(const Args& args);
 int RunGenerate(const Args& args);
 int RunLogits(const Args& args);
 int RunBench(const Args& args);
+int RunBenchSpec(const Args& args);
 int RunMakeModel(const Args& args);
 int RunKvCalc(const Args& args);
 int RunQuantCalc(const Args& args);

@@ -20,6 +20,7 @@ constexpr Subcommand kSubcommands[] = {
     {"generate", duet::cli::RunGenerate, "generate text from a prompt"},
     {"logits", duet::cli::RunLogits, "print per-position top logits as JSON"},
     {"bench", duet::cli::RunBench, "prefill and decode throughput over prompt lengths and batches"},
+    {"bench-spec", duet::cli::RunBenchSpec, "decode throughput with speculative decoding vs without"},
     {"make-model", duet::cli::RunMakeModel, "write a synthetic GGUF model with random weights"},
     {"kv-calc", duet::cli::RunKvCalc, "KV cache memory calculator"},
     {"quant-calc", duet::cli::RunQuantCalc, "weight memory across quantization types"},

@@ -106,4 +106,9 @@ void PrintProfile(const Engine& engine) {
   std::fprintf(stderr, "profile (%s):\n%s", engine.backend_name().c_str(), report.c_str());
 }
 
+std::string WeightTypeName(const GgufFile& file) {
+  const GgufTensorInfo* t = file.FindTensor("blk.0.attn_q.weight");
+  return t == nullptr ? "?" : std::string(GgmlTypeName(t->type));
+}
+
 }  // namespace duet::cli

@@ -62,6 +62,9 @@ absl::StatusOr<std::vector<int32_t>> TokenizePrompt(const LoadedModel& loaded,
                                                     const std::string& prompt,
                                                     int64_t num_generate);
 
+// The type of the first layer's Q weight ("q8_0", ...), or "?" (reports and bench JSON).
+std::string WeightTypeName(const GgufFile& file);
+
 // Prints the engine's per-kernel profile to stderr (a note for backends without one).
 void PrintProfile(const Engine& engine);
 
