@@ -22,6 +22,14 @@ constexpr double kDraftCostEma = 0.2;
 // After this many speculative steps in a row, one plain step measures the step time without
 // drafts (the cost model needs both; when speculation pays, this costs 1 step in 16).
 constexpr int64_t kPlainStepInterval = 16;
+// Throughput comparison per batch size: the decay per step of the totals, the steps each side
+// needs before the comparison counts, the re-test period while speculation loses, and the
+// largest batch size with a bucket of its own.
+constexpr double kThroughputDecay = 0.95;
+constexpr int64_t kMinComparedSteps = 2;
+constexpr int64_t kRetestInterval = 64;
+constexpr int64_t kMaxRetestInterval = 1024;
+constexpr int64_t kMaxBucket = 64;
 
 double Seconds(absl::Time since) { return absl::ToDoubleSeconds(absl::Now() - since); }
 
@@ -88,10 +96,35 @@ Speculator::Speculator(const SpeculationOptions& options, std::unique_ptr<spec::
   stats_.accepted_per_position.assign(static_cast<size_t>(options_.adaptive.max_draft_tokens), 0);
 }
 
+void Speculator::Throughput::Add(double t, double s) {
+  tokens = kThroughputDecay * tokens + t;
+  seconds = kThroughputDecay * seconds + s;
+  ++steps;
+}
+
+Speculator::Bucket& Speculator::BucketFor(int64_t batch) {
+  const size_t index = static_cast<size_t>(std::clamp<int64_t>(batch, 1, kMaxBucket));
+  if (buckets_.size() <= index) buckets_.resize(index + 1);
+  return buckets_[index];
+}
+
+bool Speculator::MeasuredToPay(int64_t batch) {
+  Bucket& b = BucketFor(batch);
+  if (b.plain.steps < kMinComparedSteps || b.spec.steps < kMinComparedSteps) return true;
+  if (b.spec.rate() >= b.plain.rate()) {
+    b.retest_interval = kRetestInterval;
+    return true;
+  }
+  if (b.plain_steps_since_spec < b.retest_interval) return false;
+  // A re-test; the next one waits twice as long unless speculation wins it.
+  b.retest_interval = std::min(2 * b.retest_interval, kMaxRetestInterval);
+  return true;
+}
+
 int64_t Speculator::Lookahead(uint64_t key, int64_t batch) {
   if (proposer_ == nullptr) return 0;
   if (!options_.adaptive_enabled) return options_.adaptive.max_draft_tokens;
-  if (spec_steps_since_plain_ >= kPlainStepInterval) return 0;
+  if (spec_steps_since_plain_ >= kPlainStepInterval || !MeasuredToPay(batch)) return 0;
   auto [it, inserted] = trackers_.try_emplace(key, options_.adaptive);
   const int64_t k = spec::ChooseDraftTokens(it->second, cost_, draft_cost_per_token_s_,
                                             std::max<int64_t>(batch, 1), options_.adaptive);
@@ -102,6 +135,9 @@ int64_t Speculator::Lookahead(uint64_t key, int64_t batch) {
 void Speculator::ObservePlainStep(int64_t rows, double seconds) {
   cost_.Observe(rows, seconds);
   spec_steps_since_plain_ = 0;
+  Bucket& b = BucketFor(rows);
+  b.plain.Add(static_cast<double>(rows), seconds);
+  ++b.plain_steps_since_spec;
 }
 
 void Speculator::Release(uint64_t key) {
@@ -212,6 +248,11 @@ absl::StatusOr<std::optional<std::vector<Speculator::Outcome>>> Speculator::Step
   DUET_RETURN_IF_ERROR(target.CommitBatch(commits));
   cost_.Observe(num_rows, Seconds(verify_start));
   ++spec_steps_since_plain_;
+  int64_t emitted = 0;
+  for (const Outcome& out : outcomes) emitted += out.logits.empty() ? out.accepted + 1 : 1;
+  Bucket& bucket = BucketFor(static_cast<int64_t>(items.size()));
+  bucket.spec.Add(static_cast<double>(emitted), Seconds(draft_start));
+  bucket.plain_steps_since_spec = 0;
 
   // 4. Statistics and each sequence's acceptance rate.
   for (size_t i = 0; i < items.size(); ++i) {

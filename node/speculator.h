@@ -21,6 +21,14 @@
 // 16th step in a row of speculative ones runs plain, so the step time without drafts stays
 // measured.
 //
+// On top of the model, a measured check per batch size: the node's tokens per second in
+// speculative steps (drafting included) against plain steps, both decayed averages. Where
+// speculation is measured slower than plain decoding, that batch size stays plain, but for one
+// speculative step after 64 plain ones (a re-test, so a change in the text or the load is
+// noticed; the wait doubles up to 1024 while re-tests keep losing). The
+// model chooses how much to draft; the measurement guards against what the model misses (the
+// verify step's own overheads, many sequences probing at once).
+//
 // Requests that ask for logprobs never draft (their tokens come from the plain sampler, which
 // reports logprobs); they still share the verify pass with one row.
 //
@@ -124,6 +132,26 @@ class Speculator {
   std::unique_ptr<spec::Proposer> proposer_;
   absl::flat_hash_map<uint64_t, spec::AcceptanceTracker> trackers_;
   spec::StepCostModel cost_;
+  // Decayed totals of tokens emitted and seconds spent, per batch size (capped), in plain and
+  // in speculative steps.
+  struct Throughput {
+    double tokens = 0;
+    double seconds = 0;
+    int64_t steps = 0;
+    void Add(double t, double s);
+    double rate() const { return seconds > 0 ? tokens / seconds : 0; }
+  };
+  struct Bucket {
+    Throughput plain;
+    Throughput spec;
+    int64_t plain_steps_since_spec = 0;
+    int64_t retest_interval = 64;  // doubles (to 1024) while re-tests keep losing
+  };
+  Bucket& BucketFor(int64_t batch);
+  // Whether speculation is measured to pay (or is being re-tested) at this batch size.
+  bool MeasuredToPay(int64_t batch);
+
+  std::vector<Bucket> buckets_;
   double draft_cost_per_token_s_ = 0;  // EMA of the proposer's time per draft position
   bool draft_cost_known_ = false;
   int64_t spec_steps_since_plain_ = 0;  // a plain step is forced every kPlainStepInterval

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Speculative decoding: decode tokens/s with speculation off, adaptive (what a node runs) and
+# fixed (drafting every step), at batch 1 and 8, with acceptance rates (`duet bench-spec`,
+# greedy, outputs checked identical to the plain run). One JSON per run in OUT_DIR and the
+# tables on stdout.
+#
+#   bench/speculative.sh [BUILD_DIR] [OUT_DIR]
+#
+# Runs: stories260K (../shared/models) with n-gram prompt lookup, with its own Q4_0 self-draft,
+# and with itself as the draft model (every draft accepted: the mechanism's upper bound); a
+# synthetic tiny-4k model in F16 with its Q4_0 self-draft. Vulkan (lavapipe without a GPU).
+set -euo pipefail
+BUILD=${1:-build/release}
+OUT=${2:-/tmp/duet-spec-bench}
+DUET="$BUILD/tools/duet/duet"
+STORIES=${STORIES:-"$(dirname "$0")/../../shared/models/stories260K.gguf"}
+mkdir -p "$OUT"
+SYNTH="$OUT/tiny-4k-f16.gguf"
+[ -f "$SYNTH" ] || "$DUET" make-model --shape tiny-4k --dtype f16 --seed 7 -o "$SYNTH" >/dev/null
+PROMPTS=(--prompt "Once upon a time, there was a little girl named Lily."
+         --prompt "One day, a boy named Tim went to the park."
+         --prompt "The sun was shining and the birds were singing."
+         --prompt "Tom had a big red ball.")
+run() {  # name, bench-spec flags...
+  local name=$1; shift
+  echo "== $name"
+  "$DUET" bench-spec --backend vulkan --batch 1,8 --repeat "${REPEAT:-3}" --json "$OUT/$name.json" "$@" 2>/dev/null
+}
+run stories-ngram --model "$STORIES" --speculation ngram --gen 128 "${PROMPTS[@]}"
+run stories-self-q4_0 --model "$STORIES" --speculation self --gen 128 "${PROMPTS[@]}"
+run stories-draft-itself --model "$STORIES" --speculation draft --draft-model "$STORIES" --gen 128 "${PROMPTS[@]}"
+run tiny-4k-f16-self-q4_0 --model "$SYNTH" --speculation self --gen 64 --prompt-len 32
