@@ -1,5 +1,7 @@
 #include "node/speculator.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -164,7 +166,14 @@ absl::StatusOr<std::optional<std::vector<Speculator::Outcome>>> Speculator::Step
   bool any = false;
   {
     absl::StatusOr<std::vector<std::vector<int32_t>>> proposed = proposer_->Propose(requests);
-    if (!proposed.ok()) return proposed.status();
+    if (!proposed.ok()) {
+      // The draft engine failed: the target decodes this step plainly, and the sequences'
+      // draft state starts over (it may be half-updated).
+      spdlog::warn("speculation: the {} proposer failed, decoding without drafts: {}",
+                   proposer_->name(), proposed.status().ToString());
+      for (const spec::ProposeRequest& r : requests) proposer_->Release(r.key);
+      return std::nullopt;
+    }
     for (size_t j = 0; j < requesters.size(); ++j) {
       std::vector<int32_t>& d = (*proposed)[j];
       if (static_cast<int64_t>(d.size()) > items[requesters[j]].lookahead) {

@@ -114,8 +114,9 @@ class Speculator {
     int64_t accepted = 0;
   };
   // One speculative step of the batch on `target` (see the file comment); commits every
-  // item's token and its kept drafts. nullopt: nothing was drafted, nothing ran or changed --
-  // run the plain decode step. Engine errors are returned (nothing committed).
+  // item's token and its kept drafts. nullopt: nothing was drafted (or the draft engine failed,
+  // which is logged), nothing ran on the target -- run the plain decode step. The target's
+  // errors are returned (nothing committed).
   absl::StatusOr<std::optional<std::vector<Outcome>>> Step(Engine& target,
                                                            absl::Span<const Item> items);
   // A plain decode step of `rows` sequences took `seconds` (feeds the cost model).

@@ -130,6 +130,50 @@ TEST(MetricsTest, ClusterSeriesAfterLoad) {
   EXPECT_GT(checked, 20);
 }
 
+// A decode node that speculates exports the speculative-decoding series, consistent with each
+// other: the acceptance rate is accepted / drafted, the mean accepted length 1 + accepted per
+// draft, and a later draft position is never accepted more often than an earlier one.
+TEST(MetricsTest, SpeculativeDecodingSeries) {
+  cluster::ClusterSpec spec = CpuSpec(1, 1, /*kv_blocks=*/64);
+  spec.metrics = true;
+  spec.decode_args = {"--speculation", "self", "--speculation-adaptive", "off"};
+  absl::StatusOr<std::unique_ptr<cluster::Cluster>> cluster = cluster::Cluster::Start(spec);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto stub = v1::Duet::NewStub(*rpc::CreateChannel((*cluster)->router_address()));
+  for (int i = 0; i < 3; ++i) {
+    v1::GenerateRequest request;
+    for (int32_t id : nodes_test::Prompt(12, static_cast<uint32_t>(40 + i))) {
+      request.mutable_token_ids()->add_ids(id);
+    }
+    *request.mutable_sampling() = nodes_test::Greedy(16);
+    request.set_speculation(v1::SPECULATION_ON);
+    ASSERT_TRUE(cluster::Generate(*stub, request).status.ok());
+  }
+  const std::string decode = Scrape((*cluster)->Find("decode-0")->metrics_address);
+  const std::string role = "role=\"decode\"";
+  const double drafts = Value(decode, "duet:spec_decode_num_drafts_total", {role});
+  const double drafted = Value(decode, "duet:spec_decode_num_draft_tokens_total", {role});
+  const double accepted = Value(decode, "duet:spec_decode_num_accepted_tokens_total", {role});
+  EXPECT_GT(drafts, 0);
+  EXPECT_GE(drafted, drafts);
+  EXPECT_GE(accepted, 0);
+  EXPECT_LE(accepted, drafted);
+  EXPECT_DOUBLE_EQ(Value(decode, "duet:spec_decode_acceptance_rate", {role}), accepted / drafted);
+  EXPECT_DOUBLE_EQ(Value(decode, "duet:spec_decode_mean_accepted_length", {role}),
+                   1 + accepted / drafts);
+  double per_position_total = 0;
+  double previous = drafts;
+  for (int p = 0; p < 4; ++p) {
+    const double at = Value(decode, "duet:spec_decode_num_accepted_tokens_per_pos_total",
+                            {role, absl::StrCat("position=\"", p, "\"")});
+    ASSERT_GE(at, 0) << "position " << p;
+    EXPECT_LE(at, previous) << "position " << p;
+    previous = at;
+    per_position_total += at;
+  }
+  EXPECT_EQ(per_position_total, accepted);
+}
+
 TEST(MetricsTest, ServerOnAnyPortAndBadPort) {
   absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> server =
       metrics::MetricsServer::Start("127.0.0.1", 0);
