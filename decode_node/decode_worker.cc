@@ -178,9 +178,11 @@ void DecodeNode::RunDecodes(const sched::SchedulerOutput& plan,
     std::vector<node::Speculator::Item> spec_items;
     for (size_t i = 0; i < items.size(); ++i) {
       const Request& r = *decoding[i];
-      contexts[i] = r.prompt;
-      const std::vector<int32_t>& generated = r.completion.generated();
-      contexts[i].insert(contexts[i].end(), generated.begin(), generated.end());
+      if (plan.decodes[i].num_lookahead > 0) {  // only a drafting sequence's proposer reads it
+        contexts[i] = r.prompt;
+        const std::vector<int32_t>& generated = r.completion.generated();
+        contexts[i].insert(contexts[i].end(), generated.begin(), generated.end());
+      }
       spec_items.push_back({r.serial, items[i].seq, items[i].token, contexts[i],
                             plan.decodes[i].num_lookahead, &r.completion});
     }

@@ -100,7 +100,8 @@ class Speculator {
     uint64_t key = 0;
     SequenceRef seq;                    // covers seq.num_cached + 1 + lookahead positions
     int32_t token = 0;                  // runs at seq.num_cached
-    absl::Span<const int32_t> context;  // prompt, generated tokens (ends with token)
+    // Prompt, then generated tokens (ends with token); read only when lookahead > 0.
+    absl::Span<const int32_t> context;
     int64_t lookahead = 0;              // granted drafted positions (0: this step plain)
     const Completion* completion = nullptr;
   };
