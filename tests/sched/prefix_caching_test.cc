@@ -16,15 +16,11 @@ namespace {
 
 using ::duet::sched::testing::FakePrompt;
 using ::duet::sched::testing::Harness;
+using ::duet::sched::testing::SmallConfig;
 using ::testing::ElementsAreArray;
 
 SchedulerConfig CachingConfig(Role role) {
-  SchedulerConfig c{.role = role,
-                    .max_num_seqs = 8,
-                    .max_num_batched_tokens = 64,
-                    .max_prefill_chunk_tokens = 32,
-                    .block_size = 4,
-                    .max_sequences = 8};
+  SchedulerConfig c = SmallConfig(role);
   c.enable_prefix_caching = true;
   c.model_id = "m";
   return c;

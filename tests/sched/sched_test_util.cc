@@ -47,6 +47,15 @@ std::vector<int32_t> FakePrompt(const RequestId& id, int64_t len) {
   return prompt;
 }
 
+SchedulerConfig SmallConfig(Role role) {
+  return SchedulerConfig{.role = role,
+                         .max_num_seqs = 8,
+                         .max_num_batched_tokens = 64,
+                         .max_prefill_chunk_tokens = 32,
+                         .block_size = 4,
+                         .max_sequences = 8};
+}
+
 std::string CheckPlan(const SchedulerConfig& config, const SchedulerOutput& plan,
                       const kv::BlockPool& blocks, const kv::BlockPool& tail_slots) {
   const int64_t items = static_cast<int64_t>(plan.decodes.size() + plan.prefills.size());

@@ -23,6 +23,9 @@ namespace duet::sched::testing {
 int32_t FakeToken(const RequestId& id, int64_t pos);
 // A prompt of `len` tokens for `id`.
 std::vector<int32_t> FakePrompt(const RequestId& id, int64_t len);
+// The small config most scheduler tests start from: 8 sequences, 64 tokens per step, chunks of
+// 32, blocks of 4 tokens.
+SchedulerConfig SmallConfig(Role role);
 // The sum of the pool's reference counts.
 int64_t TotalRefs(const kv::BlockPool& pool);
 

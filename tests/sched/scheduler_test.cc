@@ -16,18 +16,10 @@ namespace {
 
 using ::duet::sched::testing::FakePrompt;
 using ::duet::sched::testing::Harness;
+using ::duet::sched::testing::SmallConfig;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-
-SchedulerConfig Config(Role role) {
-  return SchedulerConfig{.role = role,
-                         .max_num_seqs = 8,
-                         .max_num_batched_tokens = 64,
-                         .max_prefill_chunk_tokens = 32,
-                         .block_size = 4,
-                         .max_sequences = 8};
-}
 
 std::vector<std::string> DecodeIds(const SchedulerOutput& plan) {
   std::vector<std::string> ids;
@@ -48,14 +40,14 @@ void ExpectAllFree(Harness& h) {
 }
 
 TEST(SchedulerConfigTest, ValidateNamesTheBadField) {
-  EXPECT_TRUE(Config(Role::kColocated).Validate().ok());
-  SchedulerConfig c = Config(Role::kColocated);
+  EXPECT_TRUE(SmallConfig(Role::kColocated).Validate().ok());
+  SchedulerConfig c = SmallConfig(Role::kColocated);
   c.block_size = 0;
   EXPECT_THAT(c.Validate().message(), HasSubstr("block_size must be positive, got 0"));
-  c = Config(Role::kColocated);
+  c = SmallConfig(Role::kColocated);
   c.max_sequences = -1;
   EXPECT_THAT(c.Validate().message(), HasSubstr("max_sequences"));
-  c = Config(Role::kColocated);
+  c = SmallConfig(Role::kColocated);
   c.max_num_batched_tokens = 4;
   EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(c.Validate().message(), HasSubstr("at least max_num_seqs (8)"));
@@ -64,7 +56,7 @@ TEST(SchedulerConfigTest, ValidateNamesTheBadField) {
 }
 
 TEST(SchedulerTest, ArrivalsJoinTheNextStepAndFinishedRequestsLeaveAtOnce) {
-  Harness h(Config(Role::kColocated), 64);
+  Harness h(SmallConfig(Role::kColocated), 64);
   ASSERT_TRUE(h.Add("a", 5, 3).ok());
   SchedulerOutput p1 = h.Step();
   EXPECT_THAT(PrefillIds(p1), ElementsAre("a"));
@@ -106,7 +98,7 @@ TEST(SchedulerTest, ArrivalsJoinTheNextStepAndFinishedRequestsLeaveAtOnce) {
 }
 
 TEST(SchedulerTest, BudgetsHoldEveryStepAndAreUsed) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   config.max_num_seqs = 3;
   config.max_num_batched_tokens = 20;
   config.max_prefill_chunk_tokens = 8;
@@ -180,7 +172,7 @@ TEST(SchedulerTest, ChunkedPrefillDoesNotStallShortPrompts) {
 }
 
 TEST(SchedulerTest, PreemptsTheLatestArrivalAndRequeuesItForRecompute) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   Harness h(config, 6);
   for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(h.Add(id, 8, 10).ok());
   SchedulerOutput p1 = h.Step();
@@ -213,7 +205,7 @@ TEST(SchedulerTest, PreemptsTheLatestArrivalAndRequeuesItForRecompute) {
 }
 
 TEST(SchedulerTest, PriorityOrdersAdmissionAndPreemption) {
-  Harness h(Config(Role::kColocated), 6);
+  Harness h(SmallConfig(Role::kColocated), 6);
   ASSERT_TRUE(h.Add("a", 8, 10).ok());
   ASSERT_TRUE(h.Add("b", 8, 10).ok());
   ASSERT_TRUE(h.Add("vip", 8, 10, /*priority=*/-1).ok());
@@ -227,7 +219,7 @@ TEST(SchedulerTest, PriorityOrdersAdmissionAndPreemption) {
 // by recompute re-prefills prompt + generated tokens and the output continues unchanged.
 TEST(SchedulerTest, PreemptionByRecomputeMatchesTheRunWithoutPressure) {
   auto run = [](int64_t num_blocks, int64_t* preemptions) {
-    SchedulerConfig config = Config(Role::kColocated);
+    SchedulerConfig config = SmallConfig(Role::kColocated);
     config.max_prefill_chunk_tokens = 6;
     Harness h(config, num_blocks);
     // "s" stops (node's stop decision) when it would sample its 8th token.
@@ -257,7 +249,7 @@ TEST(SchedulerTest, PreemptionByRecomputeMatchesTheRunWithoutPressure) {
 }
 
 TEST(SchedulerTest, AbortsWaitingPrefillingDecodingAndInFlightRequests) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   config.max_num_seqs = 3;
   config.max_prefill_chunk_tokens = 8;
   Harness h(config, 100);
@@ -293,7 +285,7 @@ TEST(SchedulerTest, AbortsWaitingPrefillingDecodingAndInFlightRequests) {
 }
 
 TEST(SchedulerTest, RequestsLargerThanThePoolFailCleanly) {
-  Harness h(Config(Role::kColocated), 4);  // 16 positions
+  Harness h(SmallConfig(Role::kColocated), 4);  // 16 positions
   absl::Status s = h.Add("huge", 17, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(s.message(), HasSubstr("needs 5 KV blocks of 4 tokens"));
@@ -311,7 +303,7 @@ TEST(SchedulerTest, RequestsLargerThanThePoolFailCleanly) {
   EXPECT_EQ(h.finished.at(RequestId("small")).reason, FinishReason::kLength);
   ExpectAllFree(h);
 
-  SchedulerConfig no_preempt = Config(Role::kColocated);
+  SchedulerConfig no_preempt = SmallConfig(Role::kColocated);
   no_preempt.enable_preemption = false;
   Harness g(no_preempt, 4);
   s = g.Add("worst", 10, 8);  // 17 positions at worst
@@ -321,7 +313,7 @@ TEST(SchedulerTest, RequestsLargerThanThePoolFailCleanly) {
 }
 
 TEST(SchedulerTest, WithoutPreemptionAdmitsOnlyWhatIsGuaranteedToFit) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   config.enable_preemption = false;
   Harness h(config, 10);
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(h.Add("r" + std::to_string(i), 8, 9).ok());  // 4 blocks
@@ -337,7 +329,7 @@ TEST(SchedulerTest, WithoutPreemptionAdmitsOnlyWhatIsGuaranteedToFit) {
 }
 
 TEST(SchedulerTest, TailSlotsLimitRunningSequences) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   config.max_sequences = 2;
   Harness h(config, 100);
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(h.Add("r" + std::to_string(i), 5, 3).ok());
@@ -352,7 +344,7 @@ TEST(SchedulerTest, TailSlotsLimitRunningSequences) {
 }
 
 TEST(SchedulerTest, RecordsArrivalQueueAndFinishTimes) {
-  Harness h(Config(Role::kColocated), 100);
+  Harness h(SmallConfig(Role::kColocated), 100);
   const absl::Time t0 = h.clock().Now();
   ASSERT_TRUE(h.Add("a", 4, 2).ok());
   h.clock().Advance(absl::Milliseconds(5));
@@ -365,7 +357,7 @@ TEST(SchedulerTest, RecordsArrivalQueueAndFinishTimes) {
 }
 
 TEST(SchedulerTest, PrefillNodeFinishesAtPromptEndAndKeepsRetainedBlocks) {
-  SchedulerConfig config = Config(Role::kPrefill);
+  SchedulerConfig config = SmallConfig(Role::kPrefill);
   config.max_num_batched_tokens = 16;
   config.max_prefill_chunk_tokens = 8;
   Harness h(config, 100);
@@ -400,7 +392,7 @@ TEST(SchedulerTest, PrefillNodeFinishesAtPromptEndAndKeepsRetainedBlocks) {
 }
 
 TEST(SchedulerTest, DecodeNodeRunsAddedSequencesAndReportsPreempted) {
-  SchedulerConfig config = Config(Role::kDecode);
+  SchedulerConfig config = SmallConfig(Role::kDecode);
   Harness h(config, 6);
   for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(h.AddRunning(id, 7, 10).ok());  // 2 blocks
   EXPECT_EQ(h.blocks().num_free(), 0);
@@ -439,7 +431,7 @@ TEST(SchedulerTest, DecodeNodeRunsAddedSequencesAndReportsPreempted) {
 }
 
 TEST(SchedulerTest, AddRunningValidatesAndTakesOwnership) {
-  SchedulerConfig config = Config(Role::kDecode);
+  SchedulerConfig config = SmallConfig(Role::kDecode);
   config.max_num_seqs = 3;
   config.max_sequences = 2;
   kv::BlockPool blocks(10);
@@ -488,7 +480,7 @@ TEST(SchedulerTest, AddRunningValidatesAndTakesOwnership) {
 }
 
 TEST(SchedulerTest, AddRunningHonoursMaxNumSeqs) {
-  SchedulerConfig config = Config(Role::kDecode);
+  SchedulerConfig config = SmallConfig(Role::kDecode);
   config.max_num_seqs = 1;
   kv::BlockPool blocks(8);
   FakeClock clock;
@@ -510,7 +502,7 @@ TEST(SchedulerTest, AddRunningHonoursMaxNumSeqs) {
 }
 
 TEST(SchedulerTest, UpdateFromOutputRejectsBadResultsWithoutChangingState) {
-  SchedulerConfig config = Config(Role::kColocated);
+  SchedulerConfig config = SmallConfig(Role::kColocated);
   config.max_prefill_chunk_tokens = 4;
   Harness h(config, 100);
   EXPECT_EQ(h.sched().UpdateFromOutput({}).code(), absl::StatusCode::kFailedPrecondition);
@@ -543,7 +535,7 @@ TEST(SchedulerTest, UpdateFromOutputRejectsBadResultsWithoutChangingState) {
 }
 
 TEST(SchedulerTest, AddRequestValidatesItsSpec) {
-  Harness h(Config(Role::kColocated), 100);
+  Harness h(SmallConfig(Role::kColocated), 100);
   Scheduler& s = h.sched();
   EXPECT_EQ(s.AddRequest({.id = RequestId("e"), .max_tokens = 2}).code(),
             absl::StatusCode::kInvalidArgument);
@@ -573,7 +565,7 @@ TEST(SchedulerTest, AddRequestValidatesItsSpec) {
 }
 
 TEST(SchedulerDeathTest, ScheduleTwiceWithoutUpdateCrashes) {
-  Harness h(Config(Role::kColocated), 10);
+  Harness h(SmallConfig(Role::kColocated), 10);
   h.sched().Schedule();
   EXPECT_DEATH(h.sched().Schedule(), "called again before UpdateFromOutput");
 }

@@ -16,16 +16,8 @@ namespace {
 
 using ::duet::sched::testing::FakeToken;
 using ::duet::sched::testing::Harness;
+using ::duet::sched::testing::SmallConfig;
 using ::testing::HasSubstr;
-
-SchedulerConfig Config(Role role) {
-  return SchedulerConfig{.role = role,
-                         .max_num_seqs = 8,
-                         .max_num_batched_tokens = 64,
-                         .max_prefill_chunk_tokens = 32,
-                         .block_size = 4,
-                         .max_sequences = 8};
-}
 
 void SetAllLookahead(Harness& h, const std::vector<std::string>& ids, int64_t k) {
   for (const std::string& id : ids) {
@@ -40,7 +32,7 @@ void SetAllLookahead(Harness& h, const std::vector<std::string>& ids, int64_t k)
 TEST(SpeculationSchedulerTest, RandomAcceptanceKeepsOutputsAndPoolExact) {
   for (Role role : {Role::kDecode, Role::kColocated}) {
     SCOPED_TRACE(std::string(RoleName(role)));
-    SchedulerConfig config = Config(role);
+    SchedulerConfig config = SmallConfig(role);
     config.enable_prefix_caching = true;
     std::mt19937_64 rng(7);
     Harness h(config, 64);
@@ -80,7 +72,7 @@ TEST(SpeculationSchedulerTest, RandomAcceptanceKeepsOutputsAndPoolExact) {
 // Lookahead never exceeds max_tokens: with every draft accepted, a request stops exactly at
 // max_tokens (kLength); the last step asks for no more drafts than tokens left.
 TEST(SpeculationSchedulerTest, LookaheadStopsAtMaxTokens) {
-  Harness h(Config(Role::kDecode), 32);
+  Harness h(SmallConfig(Role::kDecode), 32);
   ASSERT_TRUE(h.AddRunning("a", 6, 8).ok());  // 1 token from the "prefill node", 7 to go
   ASSERT_TRUE(h.sched().SetLookahead(RequestId("a"), 4).ok());
   h.accept_fn = [](const DecodeEntry& d) { return d.num_lookahead; };
@@ -100,7 +92,7 @@ TEST(SpeculationSchedulerTest, LookaheadStopsAtMaxTokens) {
 // Rejected drafts give back their blocks: the table shrinks to what the committed positions
 // and the next token need.
 TEST(SpeculationSchedulerTest, RejectedPositionsReleaseTheirBlocks) {
-  Harness h(Config(Role::kDecode), 32);
+  Harness h(SmallConfig(Role::kDecode), 32);
   ASSERT_TRUE(h.AddRunning("a", 7, 40).ok());  // KV of 7 positions, token 7 next: 2 blocks
   ASSERT_TRUE(h.sched().SetLookahead(RequestId("a"), 9).ok());
   const int64_t before = h.sched().Info(RequestId("a"))->num_blocks;
@@ -125,7 +117,7 @@ TEST(SpeculationSchedulerTest, RejectedPositionsReleaseTheirBlocks) {
 // Speculation takes only free blocks and never preempts: with a full pool every sequence still
 // gets its decode token and the lookahead shrinks (to nothing when no block is free).
 TEST(SpeculationSchedulerTest, LookaheadUsesFreeBlocksOnlyAndNeverPreempts) {
-  Harness h(Config(Role::kDecode), 7);
+  Harness h(SmallConfig(Role::kDecode), 7);
   for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(h.AddRunning(id, 6, 10).ok());  // 2 each
   SetAllLookahead(h, {"a", "b", "c"}, 8);
   h.accept_fn = [](const DecodeEntry&) { return 0; };
@@ -142,7 +134,7 @@ TEST(SpeculationSchedulerTest, LookaheadUsesFreeBlocksOnlyAndNeverPreempts) {
 
 // Lookahead counts against max_num_batched_tokens, after every decode token.
 TEST(SpeculationSchedulerTest, LookaheadStaysWithinTheTokenBudget) {
-  SchedulerConfig config = Config(Role::kDecode);
+  SchedulerConfig config = SmallConfig(Role::kDecode);
   config.max_num_seqs = 4;
   config.max_num_batched_tokens = 10;
   Harness h(config, 64);
@@ -158,7 +150,7 @@ TEST(SpeculationSchedulerTest, LookaheadStaysWithinTheTokenBudget) {
 }
 
 TEST(SpeculationSchedulerTest, BadResultsAndSettingsAreRejected) {
-  Harness h(Config(Role::kDecode), 32);
+  Harness h(SmallConfig(Role::kDecode), 32);
   ASSERT_TRUE(h.AddRunning("a", 6, 20).ok());
   EXPECT_EQ(h.sched().SetLookahead(RequestId("zz"), 1).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(h.sched().SetLookahead(RequestId("a"), -1).code(), absl::StatusCode::kInvalidArgument);
