@@ -191,8 +191,15 @@ absl::Status CommandList::DispatchRaw(const Pipeline& pipeline,
     writes[i].descriptorCount = 1;
     writes[i].descriptorType = pipeline.binding_type(static_cast<uint32_t>(i));
     if (writes[i].descriptorType == VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER) {
+      // A texel binding covers the view's whole 16-byte texels (a shader cannot fetch a part).
+      BufferView whole = buffers[i];
+      whole.size -= whole.size % 16;
+      if (whole.size == 0) {
+        return absl::InvalidArgumentError(absl::StrCat("Dispatch ", std::string(name), ": binding ",
+                                                       i, " holds no whole 16-byte texel"));
+      }
       absl::StatusOr<VkBufferView> texel =
-          device_->TexelView(buffers[i], pipeline.texel_format(static_cast<uint32_t>(i)));
+          device_->TexelView(whole, pipeline.texel_format(static_cast<uint32_t>(i)));
       if (!texel.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("Dispatch ", std::string(name), ": binding ",
                                                        i, ": ", texel.status().message()));

@@ -199,6 +199,28 @@ KernelId ByDtype(CacheDtype dtype, KernelId f32, KernelId f16, KernelId fp8) {
   return f32;
 }
 
+// The attention kernel for the resolved tiles: texel reads where asked for and every view the
+// kernel reads through a texel buffer starts at the device's texel-buffer alignment.
+KernelId AttnKernel(const Device& device, const AttnTiles& t, CacheDtype dtype, bool decode,
+                    std::initializer_list<BufferView> texel_views) {
+  bool texel = t.reads == AttnReads::kTexel;
+  for (const BufferView& v : texel_views) {
+    if (v.offset % device.limits().min_texel_buffer_offset_alignment != 0 || v.size < 16) {
+      texel = false;
+    }
+  }
+  if (decode) {
+    return texel ? ByDtype(dtype, KernelId::kPagedAttnDecodeF32Texel,
+                           KernelId::kPagedAttnDecodeF16Texel, KernelId::kPagedAttnDecodeFp8Texel)
+                 : ByDtype(dtype, KernelId::kPagedAttnDecodeF32, KernelId::kPagedAttnDecodeF16,
+                           KernelId::kPagedAttnDecodeFp8);
+  }
+  return texel ? ByDtype(dtype, KernelId::kFlashAttnPrefillF32Texel,
+                         KernelId::kFlashAttnPrefillF16Texel, KernelId::kFlashAttnPrefillFp8Texel)
+               : ByDtype(dtype, KernelId::kFlashAttnPrefillF32, KernelId::kFlashAttnPrefillF16,
+                         KernelId::kFlashAttnPrefillFp8);
+}
+
 uint64_t SharedBytes(const AttnTiles& t, int64_t head_dim) {
   // K and V tiles (f32) and the scores, one column per invocation.
   return 2 * U64(t.keys) * U64(head_dim) * 4 + U64(t.keys) * U64(t.workgroup) * 4;
@@ -250,6 +272,8 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
   const int64_t subgroup = std::max<int64_t>(1, limits.subgroup_size);
   const int64_t max_wg = std::min<int64_t>(limits.max_workgroup_invocations, 1024);
   AttnTiles t = requested;
+  if (t.reads == AttnReads::kDefault) t.reads = cpu ? AttnReads::kTexel : AttnReads::kStorage;
+  const bool staged = t.reads == AttnReads::kStorage;
   if (t.keys == 0) t.keys = d <= 32 ? 32 : 16;
   if (t.q_pos == 0) {
     // Rows per tile: enough to amortize staging K/V (prefill); decode takes its few positions.
@@ -275,7 +299,7 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
   };
   fit_workgroup();
   // Shrink chosen sizes until the tiles fit in shared memory (key tile first).
-  while (SharedBytes(t, d) > limits.max_shared_memory_bytes) {
+  while (staged && SharedBytes(t, d) > limits.max_shared_memory_bytes) {
     if (requested.keys == 0 && t.keys > 8) {
       t.keys /= 2;
     } else if (requested.q_pos == 0 && t.q_pos > 1) {
@@ -299,7 +323,7 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
     problem = "fp8 needs block_size % q_pos == 0";
   } else if (t.workgroup > limits.max_workgroup_invocations) {
     problem = "workgroup above the device limit";
-  } else if (SharedBytes(t, d) > limits.max_shared_memory_bytes) {
+  } else if (staged && SharedBytes(t, d) > limits.max_shared_memory_bytes) {
     problem = absl::StrCat("tiles need ", SharedBytes(t, d),
                            " bytes of shared memory, the "
                            "device has ",
@@ -389,10 +413,10 @@ absl::Status RecordFlashAttnPrefill(CommandList& cl, const Kernels& kernels, con
   }
   const int64_t group = num_heads / layout.num_kv_heads;
   const std::vector<uint32_t> spec = SpecConstants(t, layout, group);
-  const KernelId id = ByDtype(layout.dtype, KernelId::kFlashAttnPrefillF32,
-                              KernelId::kFlashAttnPrefillF16, KernelId::kFlashAttnPrefillFp8);
-  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<PrefillPush>(id, spec));
   const KvLayerViews c = BoundCache(step);
+  const KernelId id = AttnKernel(kernels.device(), t, layout.dtype, /*decode=*/false,
+                                 {q, step.k_new, step.v_new, c.k_data, c.v_data, c.tail});
+  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<PrefillPush>(id, spec));
   const PrefillPush push{U32(num_heads), U32(layout.num_kv_heads), U32(step.layer),
                          U32(layout.num_layers),
                          static_cast<float>(1.0 / std::sqrt(static_cast<double>(layout.head_dim)))};
@@ -462,10 +486,10 @@ absl::Status RecordPagedAttnDecode(CommandList& cl, const Kernels& kernels, cons
       scratch.Sub(ml_offset, U64(BatchRows(step.seqs)) * U64(num_heads) * U64(max_parts) * 8);
   const int64_t group = num_heads / layout.num_kv_heads;
   const std::vector<uint32_t> spec = SpecConstants(t, layout, group);
-  const KernelId id = ByDtype(layout.dtype, KernelId::kPagedAttnDecodeF32,
-                              KernelId::kPagedAttnDecodeF16, KernelId::kPagedAttnDecodeFp8);
-  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<DecodePush>(id, spec));
   const KvLayerViews c = BoundCache(step);
+  const KernelId id = AttnKernel(kernels.device(), t, layout.dtype, /*decode=*/true,
+                                 {q, step.k_new, step.v_new, c.k_data, c.v_data, c.tail});
+  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<DecodePush>(id, spec));
   const DecodePush push{U32(num_heads),
                         U32(layout.num_kv_heads),
                         U32(step.layer),

@@ -70,11 +70,19 @@ struct AttnStep {
 // shaders/include/flash_attn_core.glsl). 0 = chosen from the head size, GQA group, dtype and the
 // device: GPUs get 8 lanes per row; CPU devices (lavapipe: 8-lane SIMD subgroups) one lane per
 // row when a tile has enough rows to fill the SIMD width, else as many as fill it.
+// How the attention kernels read q, K and V: storage buffers with K/V tiles staged in shared
+// memory (GPUs), or uniform texel buffers read key by key with no staging (CPU devices:
+// lavapipe fetches texels an order of magnitude faster than it loads storage buffers or shared
+// memory; docs/performance.md). A texel launch whose views break the device's texel-buffer
+// alignment falls back to storage reads.
+enum class AttnReads : uint32_t { kDefault = 0, kStorage, kTexel };
+
 struct AttnTiles {
   uint32_t workgroup = 0;      // invocations, >= q_pos * group * lanes_per_row
   uint32_t q_pos = 0;          // query positions per tile (rows = q_pos * group)
   uint32_t keys = 0;           // keys per K/V tile (BC)
   uint32_t lanes_per_row = 0;  // invocations sharing a row (splitting head_dim)
+  AttnReads reads = AttnReads::kDefault;  // kDefault: texel on CPU devices, storage elsewhere
 };
 
 struct DecodeOptions {

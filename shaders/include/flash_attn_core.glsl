@@ -56,31 +56,93 @@ const uint R = Q_POS * GROUP; // rows per tile
 const float kNeg = -1.0e30;
 const float kNegHalf = -0.5e30;
 
+#if defined(ATTN_TEXEL)
+// Uniform texel buffers (RGBA32F / RGBA32UI views of the same bytes): on lavapipe a texel fetch
+// costs a fraction of a storage-buffer load, and each invocation reads K and V straight from
+// them, with no staging through shared memory (which llvmpipe accesses lane by lane).
+layout(set = 0, binding = 0) uniform samplerBuffer q_tex;
+layout(set = 0, binding = 1) uniform samplerBuffer k_new_tex;
+layout(set = 0, binding = 2) uniform samplerBuffer v_new_tex;
+#if defined(KV_F32)
+layout(set = 0, binding = 3) uniform samplerBuffer k_cache_tex;
+layout(set = 0, binding = 4) uniform samplerBuffer v_cache_tex;
+#elif defined(KV_F16) || defined(KV_FP8)
+layout(set = 0, binding = 3) uniform usamplerBuffer k_cache_tex;
+layout(set = 0, binding = 4) uniform usamplerBuffer v_cache_tex;
+#else
+#error "define one of KV_F32, KV_F16, KV_FP8"
+#endif
+#if defined(KV_FP8)
+layout(set = 0, binding = 7) uniform usamplerBuffer tail_tex;
+uvec2 duet_tail_at(uint i) {
+  const uvec4 t = texelFetch(tail_tex, int(i >> 1u));
+  return (i & 1u) == 0u ? t.xy : t.zw;
+}
+#endif
+vec4 duet_q_at(uint i) { return texelFetch(q_tex, int(i)); }
+vec4 duet_new_at(uint part, uint i) {
+  return part == 0u ? texelFetch(k_new_tex, int(i)) : texelFetch(v_new_tex, int(i));
+}
+#if defined(KV_F32)
+vec4 duet_cache_at(uint part, uint i) {
+  return part == 0u ? texelFetch(k_cache_tex, int(i)) : texelFetch(v_cache_tex, int(i));
+}
+#elif defined(KV_F16)
+uvec2 duet_cache_at(uint part, uint i) {
+  const uvec4 t = part == 0u ? texelFetch(k_cache_tex, int(i >> 1u))
+                             : texelFetch(v_cache_tex, int(i >> 1u));
+  return (i & 1u) == 0u ? t.xy : t.zw;
+}
+// Two vec4s of halves at an even index.
+uvec4 duet_cache_at4(uint part, uint i) {
+  return part == 0u ? texelFetch(k_cache_tex, int(i >> 1u)) : texelFetch(v_cache_tex, int(i >> 1u));
+}
+#else
+uint duet_cache_at(uint part, uint i) {
+  const uvec4 t = part == 0u ? texelFetch(k_cache_tex, int(i >> 2u))
+                             : texelFetch(v_cache_tex, int(i >> 2u));
+  return t[i & 3u];
+}
+// Four words (16 codes) at a multiple of 4.
+uvec4 duet_cache_at4(uint part, uint i) {
+  return part == 0u ? texelFetch(k_cache_tex, int(i >> 2u)) : texelFetch(v_cache_tex, int(i >> 2u));
+}
+#endif
+#else
 layout(std430, set = 0, binding = 0) readonly buffer Q { vec4 q_in[]; };
 layout(std430, set = 0, binding = 1) readonly buffer KNew { vec4 k_new[]; };
 layout(std430, set = 0, binding = 2) readonly buffer VNew { vec4 v_new[]; };
 #if defined(KV_F32)
 layout(std430, set = 0, binding = 3) readonly buffer KCache { vec4 k_cache[]; };
 layout(std430, set = 0, binding = 4) readonly buffer VCache { vec4 v_cache[]; };
+vec4 duet_cache_at(uint part, uint i) { return part == 0u ? k_cache[i] : v_cache[i]; }
 #elif defined(KV_F16)
 layout(std430, set = 0, binding = 3) readonly buffer KCache { uvec2 k_cache[]; };
 layout(std430, set = 0, binding = 4) readonly buffer VCache { uvec2 v_cache[]; };
+uvec2 duet_cache_at(uint part, uint i) { return part == 0u ? k_cache[i] : v_cache[i]; }
 #elif defined(KV_FP8)
 layout(std430, set = 0, binding = 3) readonly buffer KCache { uint k_cache[]; };
 layout(std430, set = 0, binding = 4) readonly buffer VCache { uint v_cache[]; };
+uint duet_cache_at(uint part, uint i) { return part == 0u ? k_cache[i] : v_cache[i]; }
 #else
 #error "define one of KV_F32, KV_F16, KV_FP8"
 #endif
+layout(std430, set = 0, binding = 7) readonly buffer Tail { uvec2 tail[]; };
+uvec2 duet_tail_at(uint i) { return tail[i]; }
+vec4 duet_q_at(uint i) { return q_in[i]; }
+vec4 duet_new_at(uint part, uint i) { return part == 0u ? k_new[i] : v_new[i]; }
+#endif
 layout(std430, set = 0, binding = 5) readonly buffer KScales { float k_scales[]; };
 layout(std430, set = 0, binding = 6) readonly buffer VScales { float v_scales[]; };
-layout(std430, set = 0, binding = 7) readonly buffer Tail { uvec2 tail[]; };
 layout(std430, set = 0, binding = 8) readonly buffer Seqs { uint seqs[]; };
 
+#if !defined(ATTN_TEXEL)
 shared vec4 k_tile[BC * D4];
 shared vec4 v_tile[BC * D4];
 // Scores, then probabilities, of the current key tile: [BC][WG], one column per invocation
 // (consecutive invocations at consecutive addresses).
 shared float p_tile[BC * WG];
+#endif
 
 // The sequence and tile a workgroup works on.
 struct AttnTile {
@@ -127,21 +189,21 @@ vec4 duet_load_pool(AttnTile t, uint part, uint key, uint d4) {
   const uint block = seqs[t.table + key / BLOCK_SIZE];
   const uint at = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
 #if defined(KV_FP8)
-  const uint word = part == 0u ? k_cache[at] : v_cache[at];
+  const uint word = duet_cache_at(part, at);
   const float scale = part == 0u ? k_scales[block * pc.num_kv_heads + t.kv_head]
                                  : v_scales[block * pc.num_kv_heads + t.kv_head];
   return duet_fp8x4_to_vec4(word) * scale;
 #elif defined(KV_F16)
-  return duet_unpack_f16x4(part == 0u ? k_cache[at] : v_cache[at]);
+  return duet_unpack_f16x4(duet_cache_at(part, at));
 #else
-  return part == 0u ? k_cache[at] : v_cache[at];
+  return duet_cache_at(part, at);
 #endif
 }
 
 // A pending row's K or V at `key` (>= t.cached), rounded as the cache stores it.
 vec4 duet_load_pending(AttnTile t, uint part, uint key, uint d4) {
   const uint src = ((t.q_offset + key - t.cached) * pc.num_kv_heads + t.kv_head) * D4 + d4;
-  const vec4 v = part == 0u ? k_new[src] : v_new[src];
+  const vec4 v = duet_new_at(part, src);
 #if defined(KV_F32)
   return v;
 #else
@@ -156,7 +218,7 @@ vec4 duet_load_kv(AttnTile t, uint part, uint key, uint d4) {
   if (key < t.cached) {
     const uint at = ((((t.tail_slot * pc.num_layers + pc.layer) * 2u + part) * pc.num_kv_heads +
                       t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
-    return duet_unpack_f16x4(tail[at]);
+    return duet_unpack_f16x4(duet_tail_at(at));
   }
 #else
   if (key < t.cached) return duet_load_pool(t, part, key, d4);
@@ -180,7 +242,7 @@ void duet_begin_row(AttnTile t) {
   }
   if (valid) {
     const uint base = ((t.q_offset + pos - t.cached) * pc.num_heads + row_head) * D4 + row_lane;
-    [[unroll]] for (uint i = 0u; i < DL; ++i) row_q[i] = q_in[base + i * LANES] * pc.scale;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) row_q[i] = duet_q_at(base + i * LANES) * pc.scale;
   }
 }
 
@@ -202,6 +264,7 @@ uint duet_tile_source(AttnTile t, uint k0, uint key_begin, uint key_end) {
   return kMixed;
 }
 
+#if !defined(ATTN_TEXEL)
 // Stages keys [k0, k0 + BC) of K and V in shared memory.
 void duet_stage_tile(AttnTile t, uint source, uint k0, uint key_begin, uint key_end) {
   const uint tid = gl_LocalInvocationID.x;
@@ -289,5 +352,125 @@ void duet_attend(AttnTile t, uint key_begin, uint key_end) {
     barrier();
   }
 }
+
+#else  // ATTN_TEXEL
+
+// The lane's vec4s of one key's K or V row (kv_row[i] = vec4 row_lane + i * LANES).
+vec4 kv_row[DL];
+
+// Fills kv_row with K (part 0) or V (part 1) of key j of a pool tile that lies in one block
+// (`first`: the word index of the tile's first key in the layer's data; `scale`: the block's
+// FP8 scale).
+void duet_load_block_row(uint first, float scale, uint part, uint j) {
+  const uint at = first + j * D4;
+#if defined(KV_FP8)
+  if (D4 % 4u == 0u && LANES <= 4u) {
+    // Whole texels (4 words, 16 codes): word m * LANES + row_lane of texel T is the lane's
+    // vec4 T * (4 / LANES) + m.
+    const uint per = 4u / LANES;
+    [[unroll]] for (uint tx = 0u; tx < D4 / 4u; ++tx) {
+      const uvec4 w = duet_cache_at4(part, at + tx * 4u);
+      [[unroll]] for (uint m = 0u; m < per; ++m) {
+        kv_row[tx * per + m] = duet_fp8x4_to_vec4(w[m * LANES + row_lane]) * scale;
+      }
+    }
+  } else {
+    [[unroll]] for (uint i = 0u; i < DL; ++i) {
+      kv_row[i] = duet_fp8x4_to_vec4(duet_cache_at(part, at + row_lane + i * LANES)) * scale;
+    }
+  }
+#elif defined(KV_F16)
+  if (D4 % 2u == 0u && LANES <= 2u) {
+    // Whole texels (2 vec4s of halves).
+    const uint per = 2u / LANES;
+    [[unroll]] for (uint tx = 0u; tx < D4 / 2u; ++tx) {
+      const uvec4 w = duet_cache_at4(part, at + tx * 2u);
+      [[unroll]] for (uint m = 0u; m < per; ++m) {
+        kv_row[tx * per + m] = duet_unpack_f16x4(m * LANES + row_lane == 0u ? w.xy : w.zw);
+      }
+    }
+  } else {
+    [[unroll]] for (uint i = 0u; i < DL; ++i) {
+      kv_row[i] = duet_unpack_f16x4(duet_cache_at(part, at + row_lane + i * LANES));
+    }
+  }
+#else
+  [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_cache_at(part, at + row_lane + i * LANES);
+#endif
+}
+
+// Fills kv_row with K or V of pending key `key` (>= t.cached).
+void duet_load_pending_row(AttnTile t, uint part, uint key) {
+  [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_load_pending(t, part, key, row_lane + i * LANES);
+}
+
+// Fills kv_row with K or V of any key, by the rules in the file comment.
+void duet_load_any_row(AttnTile t, uint part, uint key) {
+  [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_load_kv(t, part, key, row_lane + i * LANES);
+}
+
+// Folds one key, whose K is in kv_row, into the row's running state; returns p and sets alpha
+// for the V half of the update (duet_fold_v).
+float fold_alpha;
+float duet_fold_k(uint key) {
+  float dot_qk = 0.0;
+  [[unroll]] for (uint i = 0u; i < DL; ++i) dot_qk += dot(row_q[i], kv_row[i]);
+  for (uint o = LANES / 2u; o > 0u; o /= 2u) dot_qk += subgroupShuffleXor(dot_qk, o);
+  const bool visible = int(key) <= row_pos;
+  const float m_new = visible ? max(row_m, dot_qk) : row_m;
+  fold_alpha = exp(row_m - m_new);  // 1 when the max holds; 0 after the initial kNeg
+  const float p = visible ? exp(dot_qk - m_new) : 0.0;
+  row_l = row_l * fold_alpha + p;
+  row_m = m_new;
+  return p;
+}
+
+void duet_fold_v(float p) {
+  [[unroll]] for (uint i = 0u; i < DL; ++i) row_acc[i] = row_acc[i] * fold_alpha + p * kv_row[i];
+}
+
+// Folds keys [key_begin, key_end) into the row's running state one key at a time (each row also
+// masks keys after its own position): the online-softmax update per key needs no score array.
+// On a CPU driver both sides of a branch may run with lanes masked off, so the common case (a
+// tile inside one pool block) has a loop of its own with no other load path inside.
+void duet_attend(AttnTile t, uint key_begin, uint key_end) {
+  for (uint k0 = key_begin / BC * BC; k0 < key_end; k0 += BC) {
+    const uint source = duet_tile_source(t, k0, key_begin, key_end);
+    const uint j_begin = max(k0, key_begin) - k0;
+    const uint j_end = min(k0 + BC, key_end) - k0;
+    if (source == kFromPool && BLOCK_SIZE % BC == 0u) {
+      const uint block = seqs[t.table + k0 / BLOCK_SIZE];
+      const uint first = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + k0 % BLOCK_SIZE) * D4;
+      float k_scale = 1.0;
+      float v_scale = 1.0;
+#if defined(KV_FP8)
+      k_scale = k_scales[block * pc.num_kv_heads + t.kv_head];
+      v_scale = v_scales[block * pc.num_kv_heads + t.kv_head];
+#endif
+      for (uint j = j_begin; j < j_end; ++j) {
+        duet_load_block_row(first, k_scale, 0u, j);
+        const float p = duet_fold_k(k0 + j);
+        duet_load_block_row(first, v_scale, 1u, j);
+        duet_fold_v(p);
+      }
+    } else if (source == kFromPending) {
+      for (uint j = j_begin; j < j_end; ++j) {
+        duet_load_pending_row(t, 0u, k0 + j);
+        const float p = duet_fold_k(k0 + j);
+        duet_load_pending_row(t, 1u, k0 + j);
+        duet_fold_v(p);
+      }
+    } else {
+      for (uint j = j_begin; j < j_end; ++j) {
+        duet_load_any_row(t, 0u, k0 + j);
+        const float p = duet_fold_k(k0 + j);
+        duet_load_any_row(t, 1u, k0 + j);
+        duet_fold_v(p);
+      }
+    }
+  }
+}
+
+#endif  // ATTN_TEXEL
 
 #endif  // DUET_FLASH_ATTN_CORE_GLSL_

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -278,13 +279,23 @@ std::vector<AttnCase> Cases() {
   cases.push_back({CacheDtype::kF32, 16, 1, 4, Kernel::kPrefill, {{0, 45}}, {40, 1, 64, 4}});
   cases.push_back({CacheDtype::kFp8E4M3, 128, 1, 2, Kernel::kPrefill, {{20, 30}}, {64, 4, 16, 8}});
   cases.push_back({CacheDtype::kFp8E4M3, 8, 1, 1, Kernel::kDecode, {{50, 3}}, {8, 4, 64, 2}, 64});
-  return cases;
+  // Every case through both read paths: storage buffers with shared-memory staging (GPUs) and
+  // texel buffers read key by key (CPU devices), whatever this device would pick.
+  std::vector<AttnCase> both;
+  for (AttnReads reads : {AttnReads::kStorage, AttnReads::kTexel}) {
+    for (AttnCase c : cases) {
+      c.tiles.reads = reads;
+      both.push_back(c);
+    }
+  }
+  return both;
 }
 
 std::string CaseName(const ::testing::TestParamInfo<AttnCase>& info) {
   const AttnCase& c = info.param;
   return absl::StrCat(info.index, "_", c.kernel == Kernel::kPrefill ? "prefill" : "decode", "_",
-                      DtypeName(c.dtype), "_d", c.head_dim, "_g", c.group);
+                      DtypeName(c.dtype), "_d", c.head_dim, "_g", c.group,
+                      c.tiles.reads == AttnReads::kTexel ? "_texel" : "_storage");
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, AttentionCaseTest, ::testing::ValuesIn(Cases()), CaseName);
@@ -292,7 +303,12 @@ INSTANTIATE_TEST_SUITE_P(Kernels, AttentionCaseTest, ::testing::ValuesIn(Cases()
 // Prefill results and cache bytes do not depend on how a prompt is chunked: tiles are aligned to
 // absolute positions and a block's FP8 scale depends on its own tokens only.
 TEST_F(AttentionTest, ChunkingDoesNotChangeBits) {
-  for (CacheDtype dtype : {CacheDtype::kF16, CacheDtype::kFp8E4M3}) {
+  for (const auto& [dtype, reads] :
+       {std::pair{CacheDtype::kF16, AttnReads::kStorage}, std::pair{CacheDtype::kF16, AttnReads::kTexel},
+        std::pair{CacheDtype::kFp8E4M3, AttnReads::kStorage},
+        std::pair{CacheDtype::kFp8E4M3, AttnReads::kTexel}}) {
+    AttnTiles tiles;
+    tiles.reads = reads;
     const int64_t length = 70;
     AttnCase c{dtype, 16, 2, 2, Kernel::kPrefill, {{0, length}}};
     std::vector<std::vector<float>> outputs;
@@ -318,7 +334,7 @@ TEST_F(AttentionTest, ChunkingDoesNotChangeBits) {
                             k_buf.view(), v_buf.view()};
         ASSERT_TRUE(RecordKvSeal(cl(), kernels(), step).ok());
         ASSERT_TRUE(
-            RecordFlashAttnPrefill(cl(), kernels(), step, 4, q_buf.view(), out.view()).ok());
+            RecordFlashAttnPrefill(cl(), kernels(), step, 4, q_buf.view(), out.view(), tiles).ok());
         ASSERT_TRUE(RecordKvCommit(cl(), kernels(), step).ok());
         done += n;
       }
@@ -332,9 +348,25 @@ TEST_F(AttentionTest, ChunkingDoesNotChangeBits) {
       caches.push_back(bytes);
     }
     for (size_t i = 1; i < outputs.size(); ++i) {
-      EXPECT_EQ(outputs[0], outputs[i]) << DtypeName(dtype) << " chunking " << i;
+      EXPECT_EQ(outputs[0], outputs[i]) << DtypeName(dtype) << " chunking " << i << " reads "
+                                        << static_cast<int>(reads);
       EXPECT_EQ(caches[0], caches[i]) << DtypeName(dtype) << " chunking " << i;
     }
+  }
+}
+
+// CPU devices read through texel buffers unless told otherwise; GPUs stage through shared memory.
+TEST_F(AttentionTest, DefaultReadsFollowTheDevice) {
+  Build({CacheDtype::kFp8E4M3, 64, 3, 3, Kernel::kDecode, {{20, 1}}});
+  const bool cpu = device().info().type == DeviceType::kCpu;
+  for (bool decode : {false, true}) {
+    const absl::StatusOr<AttnTiles> tiles = ResolveAttnTiles(device(), layout_, 9, decode, 1, {});
+    ASSERT_TRUE(tiles.ok()) << tiles.status();
+    EXPECT_EQ(tiles->reads, cpu ? AttnReads::kTexel : AttnReads::kStorage);
+    AttnTiles storage;
+    storage.reads = AttnReads::kStorage;
+    EXPECT_EQ(ResolveAttnTiles(device(), layout_, 9, decode, 1, storage)->reads,
+              AttnReads::kStorage);
   }
 }
 
