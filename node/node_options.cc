@@ -105,6 +105,9 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   parser.AddString("node-id", &o.node_id, "unique node name (default <role>-<port>)");
   parser.AddString("backend", &o.backend, "vulkan (default) or cpu");
   parser.AddString("vk-device", &o.vk_device, "Vulkan device index or name substring");
+  parser.AddInt("vk-cpu-threads", &o.vk_cpu_threads,
+                "CPU Vulkan drivers (lavapipe): worker threads, 0 = run each dispatch on the "
+                "submitting thread (default: the driver's)");
   parser.AddString("kv-dtype", &kv_dtype, "KV pool and wire type: f32, f16 or fp8 (default)");
   parser.AddInt("block-size", &o.block_size, "tokens per KV block (default 16)");
   parser.AddInt("kv-blocks", &o.kv_blocks, "KV pool size in blocks");
@@ -219,6 +222,12 @@ absl::StatusOr<NodeOptions> ParseNodeOptions(const std::string& program, v1::Nod
   DUET_RETURN_IF_ERROR(CheckPositive("--max-batched-tokens", o.max_num_batched_tokens));
   DUET_RETURN_IF_ERROR(CheckPositive("--prefill-chunk-tokens", o.prefill_chunk_tokens));
   DUET_RETURN_IF_ERROR(CheckPositive("--heartbeat-ms", o.heartbeat_interval_ms));
+  if (parser.WasSet("vk-cpu-threads") &&
+      (o.vk_cpu_threads < 0 || o.vk_cpu_threads > kMaxVkCpuThreads)) {
+    return absl::InvalidArgumentError(absl::StrCat("--vk-cpu-threads must be in [0, ",
+                                                   kMaxVkCpuThreads, "], got ",
+                                                   o.vk_cpu_threads));
+  }
   if (parser.WasSet("metrics-port") && (o.metrics_port < 0 || o.metrics_port > 65535)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-port must be in [0, 65535], got ", o.metrics_port));
@@ -275,6 +284,7 @@ EngineOptions EngineOptionsFor(const NodeOptions& options) {
   if (options.kv_pool_bytes > 0) e.kv_pool_bytes = options.kv_pool_bytes;
   e.max_sequences = options.max_num_seqs;
   e.vk_device = options.vk_device;
+  e.vk_cpu_threads = static_cast<int>(options.vk_cpu_threads);
   return e;
 }
 

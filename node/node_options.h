@@ -31,6 +31,7 @@ struct NodeOptions {
   std::string node_id;            // "" = "<role>-<bound port>"
   std::string backend = "vulkan";
   std::string vk_device;  // "" = DUET_VK_DEVICE or automatic
+  int64_t vk_cpu_threads = -1;  // CPU Vulkan drivers: worker threads, 0 = inline, -1 = default
   kv::CacheDtype kv_dtype = kv::CacheDtype::kFp8E4M3;
   int64_t block_size = kv::kDefaultBlockSize;
   int64_t kv_blocks = 0;       // > 0: pool size in blocks (wins over kv_pool_bytes)

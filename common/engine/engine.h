@@ -49,7 +49,13 @@ struct EngineOptions {
   // Vulkan: device choice ("" = DUET_VK_DEVICE or automatic) and per-kernel timing.
   std::string vk_device;
   bool profile = false;
+  // CPU Vulkan drivers (lavapipe): worker threads per dispatch, 0 = run on the submitting thread,
+  // -1 = the driver's default (vk::DeviceOptions::cpu_threads).
+  int vk_cpu_threads = -1;
 };
+
+// The most worker threads EngineOptions::vk_cpu_threads may ask for (vk::kMaxCpuThreads).
+inline constexpr int kMaxVkCpuThreads = 256;
 
 // The most tokens one Verify call takes (the last accepted token and up to 31 drafts).
 inline constexpr int64_t kMaxVerifyTokens = 32;

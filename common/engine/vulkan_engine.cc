@@ -49,6 +49,8 @@ absl::StatusOr<std::unique_ptr<VulkanEngine>> VulkanEngine::Create(
   DUET_ASSIGN_OR_RETURN(kv::KvLayout layout, engine_internal::MakeKvLayout(config, options));
   vk::DeviceOptions device_options;
   device_options.device = options.vk_device;
+  static_assert(kMaxVkCpuThreads == vk::kMaxCpuThreads);
+  device_options.cpu_threads = options.vk_cpu_threads;
   DUET_ASSIGN_OR_RETURN(std::unique_ptr<vk::Device> device, vk::Device::Create(device_options));
   if (options.profile && !device->features().timestamps) {
     return absl::FailedPreconditionError(absl::StrCat(

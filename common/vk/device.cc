@@ -222,6 +222,15 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Create(const DeviceOptions& opti
 }
 
 absl::Status Device::Init(const DeviceOptions& options) {
+  if (options.cpu_threads < -1 || options.cpu_threads > kMaxCpuThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("CPU driver threads ", options.cpu_threads,
+                                                   " outside [0, ", kMaxCpuThreads,
+                                                   "] (-1: the driver's default)"));
+  }
+  if (options.cpu_threads >= 0) {
+    // lavapipe reads it when an instance creates its physical devices.
+    setenv("LP_NUM_THREADS", absl::StrCat(options.cpu_threads).c_str(), 1);
+  }
   DUET_ASSIGN_OR_RETURN(instance_, CreateInstance(options.validation));
   const std::vector<VkPhysicalDevice> physical = PhysicalDevices(instance_);
   std::vector<DeviceInfo> infos;

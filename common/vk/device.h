@@ -73,6 +73,9 @@ struct DeviceLimits {
   bool unified_memory = false;
 };
 
+// The most worker threads DeviceOptions::cpu_threads may ask a CPU driver for.
+inline constexpr int kMaxCpuThreads = 256;
+
 struct DeviceOptions {
   // "" = use DUET_VK_DEVICE when set, else automatic. Otherwise an index ("1") or a
   // case-insensitive name substring ("llvmpipe", "rtx").
@@ -87,6 +90,13 @@ struct DeviceOptions {
   uint64_t max_storage_buffer_range_override = 0;
   // Enables VK_LAYER_KHRONOS_validation when installed (messages go to stderr).
   bool validation = false;
+  // CPU drivers (Mesa's lavapipe): worker threads that run a dispatch's workgroups; 0 runs
+  // every dispatch on the submitting thread, with no hand-off. -1 = the driver's default (one
+  // per core, or LP_NUM_THREADS). Each dispatch wakes and waits for the workers, which on a
+  // small model costs more than its arithmetic (docs/performance.md). Set through the
+  // LP_NUM_THREADS environment variable before the instance is created, so it applies to the
+  // devices created after it in this process; GPU drivers ignore it.
+  int cpu_threads = -1;
 };
 
 // Picks a device from `devices` for `choice` (see the file comment; "" = automatic).

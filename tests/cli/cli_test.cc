@@ -270,6 +270,8 @@ TEST_F(CliTest, BadInputGivesOneClearErrorLine) {
        "unknown KV cache dtype 'int3'"},
       {{"generate", "--model", "@tiny", "--prompt", "x", "--vk-device", "no-such-gpu"}, 1,
        "Vulkan device"},
+      {{"generate", "--model", "@tiny", "--prompt", "x", "--vk-cpu-threads", "300"}, 2,
+       "--vk-cpu-threads 300 must be in [0, 256]"},
       {{"logits", "--model", "@tiny", "--prompt", "x", "--backend", "tpu"}, 1,
        "backend 'tpu' is not available (available: vulkan, cpu)"},
       {{"bench", "--model", "@tiny", "--batch", "0"}, 2, "--batch values must be in [1, 4096]"},

@@ -124,6 +124,48 @@ TEST_P(BatchInvarianceTest, GreedyTokensDoNotDependOnTheBatch) {
   for (int s = 0; s < kNumSeqs; ++s) EXPECT_EQ((*ids)[static_cast<size_t>(s)], solo_tokens[s][1]);
 }
 
+// A CPU driver running every dispatch on the submitting thread (EngineOptions::vk_cpu_threads
+// 0) computes the same bits as one with worker threads: workgroups do not depend on who runs
+// them.
+TEST(VulkanCpuThreadsTest, InlineDispatchesGiveTheSameLogits) {
+  if (!HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 22);
+  ASSERT_NE(file, nullptr);
+  const char* saved = std::getenv("LP_NUM_THREADS");
+  const std::string saved_value = saved != nullptr ? saved : "";
+  std::map<int, std::vector<int32_t>> tokens[2];
+  std::map<int, std::vector<float>> logits[2];
+  for (int inline_run = 0; inline_run < 2; ++inline_run) {
+    EngineOptions options = TestOptions(kv::CacheDtype::kFp8E4M3, 4 * kNumSeqs, kNumSeqs);
+    options.vk_cpu_threads = inline_run == 1 ? 0 : 2;
+    std::unique_ptr<Engine> engine = MakeEngine("vulkan", file, options);
+    // Later engines of this process get the driver's default again.
+    if (saved != nullptr) {
+      setenv("LP_NUM_THREADS", saved_value.c_str(), 1);
+    } else {
+      unsetenv("LP_NUM_THREADS");
+    }
+    ASSERT_NE(engine, nullptr);
+    const std::vector<Seq> seqs = MakeSeqs(engine->config().vocab_size);
+    ASSERT_NO_FATAL_FAILURE(
+        RunMix(*engine, seqs, {0, 3, 5, 7, 9}, &tokens[inline_run], &logits[inline_run]));
+  }
+  EXPECT_EQ(tokens[0], tokens[1]);
+  EXPECT_TRUE(logits[0] == logits[1]);
+}
+
+TEST(VulkanCpuThreadsTest, OutOfRangeIsAnError) {
+  if (!HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 22);
+  ASSERT_NE(file, nullptr);
+  EngineOptions options = TestOptions(kv::CacheDtype::kFp8E4M3);
+  options.vk_cpu_threads = kMaxVkCpuThreads + 1;
+  const absl::StatusOr<std::unique_ptr<Engine>> engine = CreateEngine("vulkan", file, options);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(engine.status().message().find("257"), std::string::npos) << engine.status();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BatchInvarianceTest,
                          ::testing::Combine(::testing::Values("cpu", "vulkan"),
                                             ::testing::Values(kv::CacheDtype::kF16,

@@ -141,6 +141,8 @@ TEST(NodeOptionsTest, BadFlagsAreNamed) {
       parse({"--model", "m.gguf", "--max-num-seqs", "64", "--max-batched-tokens", "8"}).message(),
       HasSubstr("--max-batched-tokens"));
   EXPECT_THAT(parse({"--model", "m.gguf", "--port", "70000"}).message(), HasSubstr("--port"));
+  EXPECT_THAT(parse({"--model", "m.gguf", "--vk-cpu-threads", "-3"}).message(),
+              HasSubstr("--vk-cpu-threads must be in [0, 256], got -3"));
   EXPECT_THAT(parse({"--model", "m.gguf", "--bogus"}).message(), HasSubstr("bogus"));
   EXPECT_EQ(parse({"--config", "/nonexistent.pbtxt"}).code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(parse({"--help"}).ok());

@@ -163,6 +163,7 @@ int RunClusterBench(const Args& args) {
   int64_t gen = 32, requests = 0, num_prefill = 1, num_decode = 1, seed = 1;
   bool cluster_flag = false, no_colocated = false, pin_cpus = false;
   std::string backend = "vulkan", kv_dtype = "fp8", json_path, bin_dir;
+  std::vector<std::string> prefill_args, decode_args, colocated_args;
   ArgParser parser(kCmd);
   parser.AddBool("cluster", &cluster_flag, "benchmark a local cluster (this mode)");
   parser.AddString("model", &model_path, "GGUF model file", true, "m");
@@ -179,6 +180,11 @@ int RunClusterBench(const Args& args) {
   parser.AddInt("seed", &seed, "seed of the random prompts (default 1)");
   parser.AddString("bin-dir", &bin_dir, "directory of duet-router and the node executables");
   parser.AddString("json", &json_path, "also write the results as JSON to this file");
+  parser.AddRepeated("prefill-arg", &prefill_args,
+                     "extra flag for the prefill nodes, e.g. --prefill-arg=--vk-cpu-threads=2");
+  parser.AddRepeated("decode-arg", &decode_args,
+                     "extra flag for the decode nodes, e.g. --decode-arg=--vk-cpu-threads=0");
+  parser.AddRepeated("colocated-arg", &colocated_args, "extra flag for the colocated node");
   if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
   for (int64_t v : prompt_lens) {
     if (v < 1) return UsageError(kCmd, absl::StrCat("--prompt-len values must be >= 1, got ", v));
@@ -226,6 +232,9 @@ int RunClusterBench(const Args& args) {
     spec.log_level = "warn";
     spec.ready_timeout = absl::Seconds(600);
     spec.node_args = {"--backend", backend, "--kv-dtype", kv_dtype};
+    spec.prefill_args = prefill_args;
+    spec.decode_args = decode_args;
+    spec.colocated_args = colocated_args;
     std::fprintf(stderr, "%s: starting the %s cluster\n", kCmd, mode.name.c_str());
     absl::StatusOr<std::unique_ptr<cluster::Cluster>> started = cluster::Cluster::Start(spec);
     if (!started.ok()) return Fail(kCmd, started.status());
@@ -297,6 +306,9 @@ int RunClusterBench(const Args& args) {
         "\"backend\": ", JsonString(backend), ", \"kv_dtype\": ", JsonString(kv_dtype),
         ", \"gen\": ", gen, ", \"prefill_nodes\": ", num_prefill, ", \"decode_nodes\": ",
         num_decode, ", \"pin_cpus\": ", pin_cpus ? "true" : "false", ", \"seed\": ", seed,
+        ", \"prefill_args\": ", JsonString(absl::StrJoin(prefill_args, " ")),
+        ", \"decode_args\": ", JsonString(absl::StrJoin(decode_args, " ")),
+        ", \"colocated_args\": ", JsonString(absl::StrJoin(colocated_args, " ")),
         "},\n \"results\": [\n", absl::StrJoin(rows, ",\n"), "\n ]\n}\n");
     std::ofstream out(json_path, std::ios::binary | std::ios::trunc);
     out << json;

@@ -1,5 +1,6 @@
 // duet cluster [--config FILE] [--model FILE] [--port N] [--prefill N] [--decode N]
 //   [--colocated N] [--backend vulkan|cpu] [--kv-dtype f32|f16|fp8] [--prompt TEXT ...]
+//   [--prefill-arg FLAG ...] [--decode-arg FLAG ...] [--colocated-arg FLAG ...]
 //
 // Starts a local cluster: duet-router plus the prefill, decode and colocated nodes, each a
 // separate process on loopback (tools/cluster/launcher.h). Prints "listening on HOST:PORT" (the
@@ -119,6 +120,14 @@ int RunCluster(const Args& args) {
   parser.AddBool("pin-cpus", &spec.pin_cpus, "pin each process to its own CPU");
   parser.AddBool("metrics", &spec.metrics,
                  "every process serves Prometheus metrics on a free port (listed)");
+  parser.AddRepeated("prefill-arg", &spec.prefill_args,
+                     "extra flag for every prefill node, e.g. --prefill-arg=--vk-cpu-threads=2 "
+                     "(repeatable)");
+  parser.AddRepeated("decode-arg", &spec.decode_args,
+                     "extra flag for every decode node, e.g. --decode-arg=--vk-cpu-threads=0 "
+                     "(repeatable)");
+  parser.AddRepeated("colocated-arg", &spec.colocated_args,
+                     "extra flag for every colocated node (repeatable)");
   parser.AddRepeated("prompt", &prompts,
                      "send this prompt once ready, print the completion, then stop (repeatable)");
   AddClientFlags(parser, &flags, /*with_model_id=*/false);

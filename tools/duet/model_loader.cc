@@ -15,6 +15,9 @@ void AddEngineFlags(ArgParser& parser, EngineFlags* flags) {
   parser.AddString("vk-device", &flags->vk_device,
                    "Vulkan device: index or name substring (default: DUET_VK_DEVICE, else the "
                    "first GPU)");
+  parser.AddInt("vk-cpu-threads", &flags->vk_cpu_threads,
+                "CPU Vulkan drivers (lavapipe): worker threads, 0 = run each dispatch on the "
+                "submitting thread (fastest for small models; default: the driver's)");
   parser.AddBool("profile", &flags->profile, "print per-kernel GPU timing to stderr at the end");
 }
 
@@ -29,6 +32,11 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const EngineFlags& flags) {
     DUET_ASSIGN_OR_RETURN(options.kv_dtype, kv::ParseCacheDtype(flags.kv_dtype));
   }
   options.vk_device = flags.vk_device;
+  if (flags.vk_cpu_threads < -1 || flags.vk_cpu_threads > kMaxVkCpuThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("--vk-cpu-threads ", flags.vk_cpu_threads,
+                                                   " must be in [0, ", kMaxVkCpuThreads, "]"));
+  }
+  options.vk_cpu_threads = static_cast<int>(flags.vk_cpu_threads);
   options.profile = flags.profile;
   return options;
 }

@@ -24,10 +24,11 @@ struct EngineFlags {
   std::string backend = "vulkan";  // --backend vulkan|cpu
   std::string kv_dtype;            // --kv-dtype f32|f16|fp8; "" = fp8 on vulkan, f32 on cpu
   std::string vk_device;           // --vk-device NAME|INDEX; "" = DUET_VK_DEVICE or automatic
+  int64_t vk_cpu_threads = -1;     // --vk-cpu-threads N; -1 = the CPU driver's default
   bool profile = false;            // --profile: per-kernel timing table on stderr at the end
 };
 
-// Registers --backend, --kv-dtype, --vk-device and --profile on `parser`.
+// Registers --backend, --kv-dtype, --vk-device, --vk-cpu-threads and --profile on `parser`.
 void AddEngineFlags(ArgParser& parser, EngineFlags* flags);
 
 // Checks the flags before any file is read: INVALID_ARGUMENT for an unknown --kv-dtype
