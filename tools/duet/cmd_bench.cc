@@ -211,6 +211,7 @@ int RunBench(const Args& args) {
         ", \"ffn_dim\": ", c.ffn_dim, ", \"context_length\": ", c.context_length, "},\n",
         " \"settings\": {\"kv_dtype\": ", JsonString(std::string(kv::CacheDtypeName(layout.dtype))),
         ", \"block_size\": ", layout.block_size, ", \"kv_blocks\": ", layout.num_blocks,
+        ", \"vk_cpu_threads\": ", engine_flags.vk_cpu_threads,
         ", \"prompt_lens\": [", absl::StrJoin(prompt_lens, ", "), "], \"batches\": [",
         absl::StrJoin(batches, ", "), "], \"gen\": ", gen, ", \"seed\": ", seed,
         ", \"load_seconds\": ", JsonFloat(static_cast<float>(load_seconds)), "},\n",

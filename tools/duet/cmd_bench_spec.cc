@@ -216,6 +216,7 @@ int RunBenchSpec(const Args& args) {
         ", \"self_draft_type\": ", JsonString(self_draft_type),
         ", \"num_speculative_tokens\": ", spec_options.adaptive.max_draft_tokens,
         ", \"kv_dtype\": ", JsonString(std::string(kv::CacheDtypeName((*engine)->kv_layout().dtype))),
+        ", \"vk_cpu_threads\": ", engine_flags.vk_cpu_threads,
         ", \"gen\": ", gen, ", \"repeat\": ", repeat, ", \"prompts\": ", prompts.size(), ", \"batches\": [",
         absl::StrJoin(batches, ", "), "]},\n \"results\": [\n  ", absl::StrJoin(rows, ",\n  "),
         "\n ]\n}\n");
