@@ -1,5 +1,5 @@
 // Google Benchmark cases for the attention kernels on the default Vulkan device (DUET_VK_DEVICE
-// picks another): chunked-prefill flash attention and split-K paged decode attention, for the F16
+// picks another; --attn_reads=storage|texel forces a read path, AttnTiles::reads): chunked-prefill flash attention and split-K paged decode attention, for the F16
 // and FP8 caches, at model-like head shapes.
 //
 // Counters (per second of wall time around Submit, which waits for the GPU):
@@ -14,6 +14,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/kv/paged_kv.h"
@@ -29,6 +30,9 @@ struct BenchDevice {
   std::unique_ptr<Device> device;
   std::unique_ptr<Kernels> kernels;
 };
+
+// --attn_reads=storage|texel (default: the device's choice).
+AttnReads g_reads = AttnReads::kDefault;
 
 BenchDevice* GetDevice() {
   static BenchDevice* shared = [] {
@@ -117,7 +121,8 @@ void RunAttention(benchmark::State& state, const Workload& w) {
     views.tail = tail_buf.view();
   }
   const AttnStep step{layout, 0, views, seqs, table.view(), k_new.view(), v_new.view()};
-  const DecodeOptions options;
+  DecodeOptions options;
+  options.tiles.reads = g_reads;
   Buffer scratch;
   if (w.decode)
     scratch = *device.CreateBuffer(PagedAttnDecodeScratchBytes(step, w.num_heads, options));
@@ -127,7 +132,7 @@ void RunAttention(benchmark::State& state, const Workload& w) {
     return w.decode ? RecordPagedAttnDecode(*cl, *bench->kernels, step, w.num_heads, q_buf.view(),
                                             scratch.view(), out.view(), options)
                     : RecordFlashAttnPrefill(*cl, *bench->kernels, step, w.num_heads, q_buf.view(),
-                                             out.view());
+                                             out.view(), options.tiles);
   };
   if (!record().ok() || !cl->Submit().ok()) {  // warm-up: creates the pipelines
     state.SkipWithError("dispatch failed");
@@ -197,3 +202,25 @@ BENCHMARK(BM_PagedAttnVerify)
 
 }  // namespace
 }  // namespace duet::vk
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--attn_reads=storage") {
+      duet::vk::g_reads = duet::vk::AttnReads::kStorage;
+    } else if (arg == "--attn_reads=texel") {
+      duet::vk::g_reads = duet::vk::AttnReads::kTexel;
+    } else {
+      std::fprintf(stderr, "unknown argument: %s (flags: --attn_reads=storage|texel)\n", argv[i]);
+      return 2;
+    }
+  }
+  benchmark::AddCustomContext(
+      "attn_reads", duet::vk::g_reads == duet::vk::AttnReads::kDefault
+                        ? "default"
+                        : (duet::vk::g_reads == duet::vk::AttnReads::kTexel ? "texel" : "storage"));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
