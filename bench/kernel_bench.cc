@@ -5,7 +5,10 @@
 //                     [--benchmark_format=json --benchmark_out=FILE]
 //                     [--mv_wg=N --mv_k_lanes=N --mv_rows=N --mv_bcast=0|1 --mv_max_tokens=N]
 //                     [--mm_tile=ROWSxTOKENS --mm_thread=ROWSxTOKENS --mm_shared=0|1]
-//                     [--texel=0|1]
+//                     [--texel=0|1] [--aligned_rows=0|1]
+//
+// --aligned_rows: Q8_0 / Q4_0 rows padded to 16 bytes (WeightView::row_stride), as the Vulkan
+// engine uploads them where the configuration says so (default: DefaultMatMulConfig's choice).
 //
 // Counters (per second of wall time, submission included):
 //   bytes_per_second  weight bytes read (stream_read: buffer bytes read)
@@ -59,9 +62,11 @@ void Fail(benchmark::State& state, const absl::Status& status) {
 }
 
 // A weight of `type` with random contents (quantized blocks get small finite scales).
-std::vector<uint8_t> RandomWeight(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+// row_stride: bytes between rows (0 = packed).
+std::vector<uint8_t> RandomWeight(GgmlType type, int64_t rows, int64_t cols, uint32_t seed,
+                                  int64_t row_stride) {
   std::mt19937 rng(seed);
-  std::vector<uint8_t> bytes(MatMulWeightBytes(type, rows, cols), 0);
+  std::vector<uint8_t> bytes(MatMulWeightBytes(type, rows, cols, row_stride), 0);
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
   const int64_t n = rows * cols;
   switch (type) {
@@ -83,9 +88,11 @@ std::vector<uint8_t> RandomWeight(GgmlType type, int64_t rows, int64_t cols, uin
         const uint32_t r = static_cast<uint32_t>(rng());
         std::memcpy(bytes.data() + i, &r, 4);
       }
+      const int64_t stride = row_stride > 0 ? row_stride : GgmlRowBytes(type, cols);
       for (int64_t b = 0; b < n / 32; ++b) {
         const uint16_t d = FloatToHalf(0.01f * value(rng));
-        std::memcpy(bytes.data() + b * block_bytes, &d, 2);
+        const int64_t row = b / (cols / 32);
+        std::memcpy(bytes.data() + row * stride + (b % (cols / 32)) * block_bytes, &d, 2);
       }
     }
   }
@@ -129,7 +136,12 @@ void BM_StreamRead(benchmark::State& state, KernelId kernel) {
 // One RecordMatMul of a `type` weight [rows (out), cols (in)] against `tokens` vectors.
 void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t cols, int64_t tokens) {
   Device& device = *g_env->device;
-  const std::vector<uint8_t> w_bytes = RandomWeight(type, rows, cols, 1234);
+  const bool quantized = type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0;
+  const int64_t row_stride =
+      g_env->config.aligned_quant_rows && quantized && GgmlRowBytes(type, cols) % 16 != 0
+          ? AlignedRowStride(type, cols)
+          : 0;
+  const std::vector<uint8_t> w_bytes = RandomWeight(type, rows, cols, 1234, row_stride);
   std::vector<float> x(MatMulActivationBytes(tokens, cols, cols) / 4);
   std::mt19937 rng(99);
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
@@ -142,7 +154,7 @@ void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t col
   }
   absl::StatusOr<std::unique_ptr<CommandList>> cl = CommandList::Create(&device);
   if (!cl.ok()) return Fail(state, cl.status());
-  const WeightView wv{type, rows, cols, w->view()};
+  const WeightView wv{type, rows, cols, w->view(), row_stride};
   const uint64_t weight_bytes = static_cast<uint64_t>(rows * GgmlRowBytes(type, cols));
   const double flops =
       2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(tokens);
@@ -232,6 +244,8 @@ bool ParseConfigFlags(int argc, char** argv, MatMulConfig* config) {
     } else if (key == "mm_thread" && pair(&config->thread_rows, &config->thread_tokens)) {
     } else if (key == "texel") {
       config->texel_reads = u32() != 0;
+    } else if (key == "aligned_rows") {
+      config->aligned_quant_rows = u32() != 0;
     } else if (key == "mm_shared") {
       config->shared_tiles = u32() != 0;
     } else {
@@ -248,7 +262,7 @@ std::string ConfigString(const MatMulConfig& c) {
                       c.matvec_x_broadcast ? 1 : 0, " max_tokens ", c.matvec_max_tokens,
                       "; matmul tile ", c.tile_rows, "x", c.tile_tokens, " thread ", c.thread_rows,
                       "x", c.thread_tokens, " shared ", c.shared_tiles ? 1 : 0, "; texel ",
-                      c.texel_reads ? 1 : 0);
+                      c.texel_reads ? 1 : 0, "; aligned quant rows ", c.aligned_quant_rows ? 1 : 0);
 }
 
 }  // namespace

@@ -156,7 +156,7 @@ void main() {
       for (uint r = tid; r < TILE_ROWS; r += WG) {
         const uint row = min(tile_row0 + r, pc.rows - 1u);
 #if defined(W_Q8_0) || defined(W_Q4_0)
-        const DuetUnit wu = duet_load_unit(row * (pc.in_dim / DUET_UNIT) + u);
+        const DuetUnit wu = duet_load_unit_at(row * pc.row_bytes + u * DUET_BLOCK_BYTES);
         [[unroll]] for (uint s = 0u; s < 8u; ++s) w_tile[r * SH_STRIDE + s] = duet_unit_step(wu, s);
 #else
         [[unroll]] for (uint s = 0u; s < 8u; s += STEPS_PER_LOAD) {
@@ -188,7 +188,7 @@ void main() {
 #if defined(W_Q8_0) || defined(W_Q4_0)
       DuetUnit wu[RM];
       [[unroll]] for (uint i = 0u; i < RM; ++i) {
-        wu[i] = duet_load_unit(row_c[i] * (pc.in_dim / DUET_UNIT) + u);
+        wu[i] = duet_load_unit_at(row_c[i] * pc.row_bytes + u * DUET_BLOCK_BYTES);
       }
 #else
       uvec4 raw[RM];

@@ -42,8 +42,8 @@ layout(constant_id = 4) const bool X_ALIGNED = true;
 // buffer load costs far more than a broadcast (storage buffers on lavapipe); with cheap loads
 // (texel buffers) every lane loads its own.
 layout(constant_id = 5) const bool X_BROADCAST = false;
-// F32/F16 only (the last id, absent from the quantized variants): every row starts at a
-// multiple of 16 bytes (row_bytes % 16 == 0).
+// Every row starts at a multiple of 16 bytes (row_bytes % 16 == 0). Quantized rows padded so
+// (the Vulkan engine pads them on CPU devices) take the run-of-8-blocks path below.
 layout(constant_id = 6) const bool W_ALIGNED = true;
 layout(local_size_x_id = 0) in;
 
@@ -85,6 +85,13 @@ const uint ROWS_PER_WG = R * (WG / K_LANES);
 
 #include "matmul_io.glsl"
 
+// Quantized rows padded to 16 bytes, one row per lane: read in runs of 8 blocks (below).
+#if defined(W_Q8_0) || defined(W_Q4_0)
+const bool QUANT_RUNS = K_LANES == 1u && W_ALIGNED;
+#else
+const bool QUANT_RUNS = false;
+#endif
+
 void main() {
   const uint lane = gl_SubgroupInvocationID;
   const uint k_lane = lane % K_LANES;
@@ -103,7 +110,59 @@ void main() {
     [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] = 0.0;
   }
 
-  for (uint u0 = 0u; u0 < num_units; u0 += K_LANES) {
+#if defined(W_Q8_0) || defined(W_Q4_0)
+  if (QUANT_RUNS) {
+    // Rows start at multiples of 16 bytes, so block k of a run of 8 (272 bytes = 17 units for
+    // Q8_0, 144 = 9 for Q4_0) starts at byte 2k of a unit, the same for every lane, in the unit
+    // where block k - 1 ended. That unit stays in registers: 2 fetches per Q8_0 block instead
+    // of 3, 1 per Q4_0 block instead of 2 (fetches are what a matvec costs on lavapipe).
+    for (uint g = 0u; g < num_units; g += 8u) {
+      uint at[R];
+      uvec4 carry[R];
+      [[unroll]] for (uint r = 0u; r < R; ++r) {
+        at[r] = (row_c[r] * pc.row_bytes + g * DUET_BLOCK_BYTES) >> 4u;
+        carry[r] = duet_w16(at[r]);
+      }
+      const uint run = min(8u, num_units - g);
+      for (uint k = 0u; k < run; ++k) {
+        const uint u = g + k;
+        // X_BROADCAST: lane i loads vec4 i % 8 of the unit for every vector.
+        vec4 x_unit[B];
+        [[unroll]] for (uint b = 0u; b < B; ++b) {
+          x_unit[b] = vec4(0.0);
+          if (X_BROADCAST) x_unit[b] = load_x4(pc.x_offset + b * pc.x_stride + u * DUET_UNIT + (lane % 8u) * 4u);
+        }
+        DuetUnit wu[R];
+        [[unroll]] for (uint r = 0u; r < R; ++r) {
+          const uvec4 b = duet_w16(at[r] + 1u);
+#if defined(W_Q8_0)
+          const uvec4 c = duet_w16(at[r] + 2u);
+          wu[r] = duet_unit_from(carry[r], b, c, 2u * k);
+          carry[r] = c;
+          at[r] += 2u;
+#else
+          wu[r] = duet_unit_from(carry[r], b, 2u * k);
+          carry[r] = b;
+          at[r] += 1u;
+#endif
+        }
+        [[unroll]] for (uint step = 0u; step < 8u; ++step) {
+          const uint c = u * DUET_UNIT + step * 4u;
+          vec4 xv[B];
+          [[unroll]] for (uint b = 0u; b < B; ++b) {
+            xv[b] = X_BROADCAST ? subgroupBroadcast(x_unit[b], step)
+                                : load_x4(pc.x_offset + b * pc.x_stride + c);
+          }
+          [[unroll]] for (uint r = 0u; r < R; ++r) {
+            const vec4 wv = duet_unit_step(wu[r], step);
+            [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] += dot(wv, xv[b]);
+          }
+        }
+      }
+    }
+  }
+#endif
+  for (uint u0 = 0u; u0 < num_units && !QUANT_RUNS; u0 += K_LANES) {
     const uint u = min(u0 + k_lane, num_units - 1u);
     const bool in_range = u0 + k_lane < num_units;
     const bool tail = has_tail && u == num_units - 1u;
@@ -127,7 +186,7 @@ void main() {
 #if defined(W_Q8_0) || defined(W_Q4_0)
     DuetUnit wu[R];
     [[unroll]] for (uint r = 0u; r < R; ++r) {
-      wu[r] = duet_load_unit(row_c[r] * (pc.in_dim / DUET_UNIT) + u);
+      wu[r] = duet_load_unit_at(row_c[r] * pc.row_bytes + u * DUET_BLOCK_BYTES);
     }
 #endif
     [[unroll]] for (uint step = 0u; step < 8u; ++step) {

@@ -98,11 +98,24 @@ absl::Status VulkanEngine::UploadWeights() {
     w.rows = t.shape[1];
     w.cols = t.shape[0];
     w.type = t.type == GgmlType::kBF16 ? GgmlType::kF32 : t.type;
-    const uint64_t bytes = vk::MatMulWeightBytes(w.type, w.rows, w.cols);
+    const int64_t packed = GgmlRowBytes(w.type, w.cols);
+    const bool quantized = w.type == GgmlType::kQ8_0 || w.type == GgmlType::kQ4_0;
+    if (decode_matmul_.aligned_quant_rows && quantized && packed % 16 != 0) {
+      w.row_stride = vk::AlignedRowStride(w.type, w.cols);
+    }
+    const uint64_t bytes = vk::MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride);
     DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(bytes, vk::MemoryKind::kDevice));
     if (t.type == GgmlType::kBF16) {
       std::vector<float> widened = cpu_ref::DequantizeTensor(t);
       DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, widened.size() * 4), widened.data()));
+    } else if (w.row_stride > 0) {
+      // Rows padded to 16 bytes (zeros between them).
+      std::vector<uint8_t> padded(static_cast<size_t>(w.rows * w.row_stride), 0);
+      for (int64_t r = 0; r < w.rows; ++r) {
+        std::memcpy(padded.data() + r * w.row_stride, t.data + r * packed,
+                    static_cast<size_t>(packed));
+      }
+      DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, padded.size()), padded.data()));
     } else {
       DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, t.num_bytes), t.data));
     }

@@ -188,7 +188,8 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
   if (layer_begin == 0) {
     DUET_RETURN_IF_ERROR(vk::RecordGetRows(cl, kernels, weights_.token_embd.type,
                                            weights_.token_embd.data, c.vocab_size, c.hidden_dim,
-                                           a.tokens.view(), a.x.view(), rows));
+                                           a.tokens.view(), a.x.view(), rows,
+                                           weights_.token_embd.row_stride));
   }
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];

@@ -134,7 +134,7 @@ absl::Status RecordSwiGlu(CommandList& cl, const Kernels& kernels, BufferView ga
 
 absl::Status RecordGetRows(CommandList& cl, const Kernels& kernels, GgmlType type, BufferView table,
                            int64_t num_rows, int64_t n, BufferView ids, BufferView out,
-                           int64_t num_tokens) {
+                           int64_t num_tokens, int64_t row_stride) {
   constexpr const char* kOp = "RecordGetRows";
   DUET_RETURN_IF_ERROR(CheckPositive({num_rows, n, num_tokens}, kOp));
   KernelId id;
@@ -160,7 +160,14 @@ absl::Status RecordGetRows(CommandList& cl, const Kernels& kernels, GgmlType typ
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": row length ", n, " is not a multiple of the block size ", block));
   }
-  const int64_t row_bytes = GgmlRowBytes(type, n);
+  const int64_t packed_row_bytes = GgmlRowBytes(type, n);
+  const int64_t stride_unit = type == GgmlType::kF32 ? 4 : 2;  // the shader's read alignment
+  if (row_stride != 0 && (row_stride < packed_row_bytes || row_stride % stride_unit != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": row_stride ", row_stride,
+                                                   " must be 0 (packed) or a multiple of ",
+                                                   stride_unit, " >= ", packed_row_bytes));
+  }
+  const int64_t row_bytes = row_stride > 0 ? row_stride : packed_row_bytes;
   // The shader reads whole 32-bit words, so the table's last word must be inside the view
   // (Buffer sizes are multiples of 4, so a whole-buffer view always is).
   const uint64_t table_bytes = U64(num_rows) * U64(row_bytes);

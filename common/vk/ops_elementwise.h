@@ -41,10 +41,12 @@ absl::Status RecordSwiGlu(CommandList& cl, const Kernels& kernels, BufferView ga
 // (F32, F16, Q8_0 or Q4_0; n % block size == 0); ids: int32 [num_tokens]; out: f32
 // [num_tokens, n]. Ids outside [0, num_rows) produce rows of zeros. The table view must extend
 // to a multiple of 4 bytes (a whole Buffer's view always does). The table may exceed
-// maxStorageBufferRange: it is bound chunk by chunk (one dispatch per chunk).
+// maxStorageBufferRange: it is bound chunk by chunk (one dispatch per chunk). `row_stride`:
+// bytes between rows (0 = packed; else >= GgmlRowBytes and a multiple of 4 for F32, of 2
+// otherwise, e.g. a matrix weight's AlignedRowStride).
 absl::Status RecordGetRows(CommandList& cl, const Kernels& kernels, GgmlType type, BufferView table,
                            int64_t num_rows, int64_t n, BufferView ids, BufferView out,
-                           int64_t num_tokens);
+                           int64_t num_tokens, int64_t row_stride = 0);
 
 // Per-pair rotation rates for RecordRope, computed in double on the host: for pair i <
 // rope_dim / 2, turns_i = rope_theta^(-2i / rope_dim) / (freq_factors[i] * scale) / (2 pi),

@@ -121,8 +121,13 @@ Tile FitTile(const MatMulConfig& c, int64_t count, uint32_t max_shared_bytes) {
 
 }  // namespace
 
-uint64_t MatMulWeightBytes(GgmlType type, int64_t rows, int64_t cols) {
-  return RoundUp(U64(rows) * U64(GgmlRowBytes(type, cols)), kMatMulAlignment);
+uint64_t MatMulWeightBytes(GgmlType type, int64_t rows, int64_t cols, int64_t row_stride) {
+  const int64_t stride = row_stride > 0 ? row_stride : GgmlRowBytes(type, cols);
+  return RoundUp(U64(rows) * U64(stride), kMatMulAlignment);
+}
+
+int64_t AlignedRowStride(GgmlType type, int64_t cols) {
+  return static_cast<int64_t>(RoundUp(U64(GgmlRowBytes(type, cols)), kMatMulAlignment));
 }
 
 uint64_t MatMulActivationBytes(int64_t n, int64_t stride, int64_t cols) {
@@ -137,6 +142,7 @@ MatMulConfig DefaultMatMulConfig(const Device& device) {
     // 16 x 4 register tiles, and every operand read through texel buffers, which llvmpipe
     // fetches far faster than storage buffers (docs/performance.md).
     config.texel_reads = true;
+    config.aligned_quant_rows = true;
     config.matvec_workgroup = 64;
     config.matvec_k_lanes = 1;
     config.matvec_rows_per_lane = 8;
@@ -240,16 +246,23 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   const DeviceLimits& limits = device.limits();
   uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
   if (config.texel_reads) align = std::max(align, limits.min_texel_buffer_offset_alignment);
-  const int64_t row_bytes = GgmlRowBytes(w.type, w.cols);
+  const int64_t packed_row_bytes = GgmlRowBytes(w.type, w.cols);
+  if (w.row_stride != 0 &&
+      (w.row_stride < packed_row_bytes || w.row_stride % kMatMulAlignment != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": row_stride ", w.row_stride,
+                                                   " must be 0 (packed) or a multiple of 16 >= ",
+                                                   packed_row_bytes));
+  }
+  const int64_t row_bytes = w.row_stride > 0 ? w.row_stride : packed_row_bytes;
   if (w.data.offset % align != 0 || x.offset % align != 0 || y.offset % align != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": weight, x and y views must start at multiples of ", align));
   }
-  if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols) ||
+  if (w.data.size < MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride) ||
       w.data.size % kMatMulAlignment != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": weight view holds ", w.data.size, " bytes, needs ",
-                     MatMulWeightBytes(w.type, w.rows, w.cols),
+                     MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride),
                      " (rows padded to 16 bytes; the view a multiple of 16)"));
   }
   if (x.size < MatMulActivationBytes(n_tokens, x_stride, w.cols)) {
@@ -298,7 +311,8 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                        limits.subgroup_size >= 8 && !config.texel_reads
                                    ? 1
                                    : 0;
-  // Quantized variants never read W_ALIGNED (the last constant), so their SPIR-V lacks it.
+  // Quantized matmul variants never read W_ALIGNED (the last constant), so their SPIR-V lacks
+  // it; the quantized matvec reads it (runs of blocks in 16-byte-aligned rows).
   const size_t drop = TraitsOf(w.type).block_size > 1 ? 1 : 0;
   const uint32_t max_x = limits.max_workgroup_count[0];
   for (int64_t t0 = 0; t0 < n_tokens; t0 += per_dispatch) {
@@ -323,8 +337,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                x_aligned,
                                x_broadcast,
                                w_aligned};
-      DUET_ASSIGN_OR_RETURN(
-          pipeline, kernels.Get<MatVecPush>(id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
+      DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatVecPush>(id, spec));
     } else {
       tile = FitTile(config, count, limits.max_shared_memory_bytes);
       const uint32_t wg = (tile.rows / config.thread_rows) * (tile.tokens / config.thread_tokens);

@@ -68,15 +68,8 @@ struct DuetUnit {
   float d;
   uint q[8];
 };
-// Block `block` (counted from the view start): 34 bytes at any even offset, read as the 3
-// aligned units that cover it.
-DuetUnit duet_load_unit(uint block) {
-  const uint o = block * 34u;
-  const uint idx = o >> 4u;
-  const uint s = o & 15u;
-  const uvec4 a = duet_w16(idx);
-  const uvec4 b = duet_w16(idx + 1u);
-  const uvec4 c = duet_w16(idx + 2u);
+// The block whose 34 bytes start at byte s (even, 0..14) of the 48-byte window a | b | c.
+DuetUnit duet_unit_from(uvec4 a, uvec4 b, uvec4 c, uint s) {
   const uint w[12] = uint[12](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w, c.x, c.y, c.z, c.w);
   DuetUnit u;
   const uint first = DUET_SHIFTED_WORD(w, 0, s);  // d | q0 << 16 | q1 << 24
@@ -92,6 +85,11 @@ DuetUnit duet_load_unit(uint block) {
   }
   return u;
 }
+// The block at byte offset o (even) of the view, read as the 3 aligned units that cover it.
+DuetUnit duet_load_unit_at(uint o) {
+  const uint idx = o >> 4u;
+  return duet_unit_from(duet_w16(idx), duet_w16(idx + 1u), duet_w16(idx + 2u), o & 15u);
+}
 // Elements 4*step .. 4*step+3 of the unit, dequantized.
 vec4 duet_unit_step(DuetUnit u, uint step) { return u.d * duet_i8x4(u.q[step]); }
 
@@ -101,13 +99,8 @@ struct DuetUnit {
   float d;
   uint q[4];  // 16 bytes of nibbles: byte j = element j (low) | element j + 16 (high)
 };
-// Block `block`: 18 bytes at any even offset; the 2 aligned units around it always cover it.
-DuetUnit duet_load_unit(uint block) {
-  const uint o = block * 18u;
-  const uint idx = o >> 4u;
-  const uint s = o & 15u;
-  const uvec4 a = duet_w16(idx);
-  const uvec4 b = duet_w16(idx + 1u);
+// The block whose 18 bytes start at byte s (even, 0..14) of the 32-byte window a | b.
+DuetUnit duet_unit_from(uvec4 a, uvec4 b, uint s) {
   const uint w[8] = uint[8](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
   DuetUnit u;
   u.d = unpackHalf2x16(DUET_SHIFTED_WORD(w, 0, s)).x;
@@ -120,6 +113,11 @@ DuetUnit duet_load_unit(uint block) {
     u.q[j] = (t & 2u) == 0u ? lo : ((lo >> 16u) | (hi << 16u));
   }
   return u;
+}
+// The block at byte offset o (even) of the view; the 2 aligned units around it always cover it.
+DuetUnit duet_load_unit_at(uint o) {
+  const uint idx = o >> 4u;
+  return duet_unit_from(duet_w16(idx), duet_w16(idx + 1u), o & 15u);
 }
 // Steps 0..3 are the low nibbles of words 0..3 (elements 0..15), steps 4..7 the high nibbles.
 vec4 duet_unit_step(DuetUnit u, uint step) {

@@ -24,10 +24,12 @@ struct Table {
   int64_t row_bytes = 0;
 };
 
-Table MakeTable(std::mt19937& rng, GgmlType type, int64_t num_rows, int64_t n) {
+// row_stride: bytes between rows (0 = packed); the gaps hold 0xff.
+Table MakeTable(std::mt19937& rng, GgmlType type, int64_t num_rows, int64_t n,
+                int64_t row_stride = 0) {
   Table t;
-  t.row_bytes = GgmlRowBytes(type, n);
-  t.bytes.resize(static_cast<size_t>(num_rows * t.row_bytes));
+  t.row_bytes = row_stride > 0 ? row_stride : GgmlRowBytes(type, n);
+  t.bytes.assign(static_cast<size_t>(num_rows * t.row_bytes), 0xff);
   for (int64_t r = 0; r < num_rows; ++r) {
     const std::vector<float> row = RandomFloats(rng, static_cast<size_t>(n), -2.0f, 2.0f);
     QuantizeRow(type, row.data(), t.bytes.data() + r * t.row_bytes, n);
@@ -47,10 +49,11 @@ std::vector<float> Reference(GgmlType type, const Table& t, int64_t num_rows, in
 }
 
 void CheckGather(Device& device, Kernels& kernels, CommandList& cl, std::mt19937& rng,
-                 GgmlType type, int64_t num_rows, int64_t n, int64_t num_tokens) {
+                 GgmlType type, int64_t num_rows, int64_t n, int64_t num_tokens,
+                 int64_t row_stride = 0) {
   SCOPED_TRACE(::testing::Message() << GgmlTypeName(type) << " rows " << num_rows << " n " << n
-                                    << " tokens " << num_tokens);
-  const Table table = MakeTable(rng, type, num_rows, n);
+                                    << " tokens " << num_tokens << " row_stride " << row_stride);
+  const Table table = MakeTable(rng, type, num_rows, n, row_stride);
   std::vector<int32_t> ids(static_cast<size_t>(num_tokens));
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(num_rows - 1));
   for (int32_t& id : ids) id = pick(rng);
@@ -64,7 +67,7 @@ void CheckGather(Device& device, Kernels& kernels, CommandList& cl, std::mt19937
   Buffer ids_buf = Upload(device, ids);
   Buffer out = PoisonedBuffer(device, want.size() * 4);
   ASSERT_TRUE(RecordGetRows(cl, kernels, type, table_buf.view(), num_rows, n, ids_buf.view(),
-                            out.view(), num_tokens)
+                            out.view(), num_tokens, row_stride)
                   .ok());
   ASSERT_TRUE(cl.Submit().ok());
   EXPECT_TRUE(AllClose(Download<float>(device, out.view()), want, 0.0f, 0.0f));
@@ -79,6 +82,8 @@ TEST_P(GetRowsTest, MatchesDequantizeRow) {
   CheckGather(device(), kernels(), cl(), rng, type, 100, 320, 300);
   CheckGather(device(), kernels(), cl(), rng, type, 3, 4096, 4);
   if (!blocked) CheckGather(device(), kernels(), cl(), rng, type, 11, 33, 9);  // odd rows
+  // Rows padded to 16 bytes, as the Vulkan engine uploads quantized weights on CPU devices.
+  CheckGather(device(), kernels(), cl(), rng, type, 9, 96, 6, GgmlRowBytes(type, 96) + 16);
 }
 
 TEST_P(GetRowsTest, TableSplitAcrossASmallBindableRange) {
@@ -101,6 +106,15 @@ TEST_F(GetRowsErrorsTest, RejectsUnsupportedTypesAndPartialBlocks) {
                 .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RecordGetRows(cl(), kernels(), GgmlType::kQ8_0, b.view(), 2, 40, b.view(), b.view(), 1)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  // Row strides below the row's bytes, or off the shader's read alignment.
+  EXPECT_EQ(RecordGetRows(cl(), kernels(), GgmlType::kQ8_0, b.view(), 2, 64, b.view(), b.view(), 1,
+                          60)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RecordGetRows(cl(), kernels(), GgmlType::kF32, b.view(), 2, 64, b.view(), b.view(), 1,
+                          258)
                 .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cl().num_recorded(), 0);

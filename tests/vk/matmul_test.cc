@@ -56,10 +56,12 @@ struct HostWeight {
   int64_t row_bytes = 0;
 };
 
-HostWeight MakeWeight(std::mt19937& rng, GgmlType type, int64_t rows, int64_t cols) {
+// row_stride: bytes between rows (0 = packed); the gaps are 0xff too.
+HostWeight MakeWeight(std::mt19937& rng, GgmlType type, int64_t rows, int64_t cols,
+                      int64_t row_stride = 0) {
   HostWeight w;
-  w.row_bytes = GgmlRowBytes(type, cols);
-  w.bytes.assign(MatMulWeightBytes(type, rows, cols), 0xff);
+  w.row_bytes = row_stride > 0 ? row_stride : GgmlRowBytes(type, cols);
+  w.bytes.assign(MatMulWeightBytes(type, rows, cols, row_stride), 0xff);
   w.values.resize(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r) {
     const std::vector<float> row = RandomFloats(rng, static_cast<size_t>(cols), -1.0f, 1.0f);
@@ -84,23 +86,24 @@ std::vector<float> MakeActivations(std::mt19937& rng, int64_t n, int64_t stride,
 // slice keeps its poison.
 void CheckMatMul(Device& device, Kernels& kernels, CommandList& cl, std::mt19937& rng,
                  GgmlType type, const Shape& s, const MatMulConfig& config,
-                 const MatMulLayout& layout = {}) {
+                 const MatMulLayout& layout = {}, int64_t row_stride = 0) {
   SCOPED_TRACE(::testing::Message()
                << GgmlTypeName(type) << " cols " << s.cols << " rows " << s.rows << " tokens "
                << s.n_tokens << " via " << MatMulKernelName(config, s.n_tokens) << " k_lanes "
                << config.matvec_k_lanes << " shared " << config.shared_tiles << " texel "
                << config.texel_reads << " x_stride "
-               << layout.x_stride << " y_stride " << layout.y_stride);
+               << layout.x_stride << " y_stride " << layout.y_stride << " row_stride "
+               << row_stride);
   const int64_t x_stride = layout.x_stride == 0 ? s.cols : layout.x_stride;
   const int64_t y_stride = layout.y_stride == 0 ? s.rows : layout.y_stride;
-  const HostWeight w = MakeWeight(rng, type, s.rows, s.cols);
+  const HostWeight w = MakeWeight(rng, type, s.rows, s.cols, row_stride);
   const std::vector<float> x = MakeActivations(rng, s.n_tokens, x_stride, s.cols);
 
   Buffer w_buf = UploadBytes(device, w.bytes.data(), w.bytes.size(), MemoryKind::kDevice);
   Buffer x_buf = UploadBytes(device, x.data(), x.size() * 4, MemoryKind::kDevice);
   const uint64_t y_bytes = static_cast<uint64_t>(s.n_tokens * y_stride) * 4;
   Buffer y_buf = PoisonedBuffer(device, y_bytes);
-  const WeightView wv{type, s.rows, s.cols, w_buf.view()};
+  const WeightView wv{type, s.rows, s.cols, w_buf.view(), row_stride};
   const absl::Status status =
       RecordMatMul(cl, kernels, wv, x_buf.view(), y_buf.view(), s.n_tokens, layout, &config);
   ASSERT_TRUE(status.ok()) << status;
@@ -200,6 +203,27 @@ TEST_P(MatMulTest, MatchesCpuReference) {
       if (i > 0 && k % 2 == 1) continue;
       CheckMatMul(device(), kernels(), cl(), rng, type, shapes[k], configs[i]);
       if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
+// Rows padded to 16-byte boundaries (WeightView::row_stride, what the Vulkan engine uploads on
+// CPU devices): quantized rows then take the matvec's runs of 8 blocks, including runs cut
+// short (2, 18 and 33 blocks per row) and rows of fewer than 8 blocks.
+TEST_P(MatMulTest, PaddedRowsMatchCpuReference) {
+  const GgmlType type = GetParam();
+  std::mt19937 rng(testing::TestSeed());
+  const std::vector<Shape> shapes = {{64, 5, 1},  {256, 9, 3},   {576, 17, 1},
+                                     {576, 40, 8}, {1056, 11, 1}, {96, 30, 20}};
+  const std::vector<MatMulConfig> configs = Configs(device());
+  for (size_t i = 0; i < configs.size(); ++i) {
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const int64_t aligned = AlignedRowStride(type, shapes[k].cols);
+      for (int64_t stride : {aligned, aligned + 32}) {
+        if (i > 0 && stride != aligned) continue;
+        CheckMatMul(device(), kernels(), cl(), rng, type, shapes[k], configs[i], {}, stride);
+        if (::testing::Test::HasFailure()) return;
+      }
     }
   }
 }
@@ -348,6 +372,8 @@ TEST_F(MatMulErrorsTest, RejectsBadArguments) {
   EXPECT_EQ(run({GgmlType::kF32, 0, 64, v}, v, v, 1), kInvalid);               // empty
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 0), kInvalid);               // no tokens
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v.Sub(0, 1000)}, v, v, 1), kInvalid);  // small weight
+  EXPECT_EQ(run({GgmlType::kQ8_0, 4, 64, v, 72}, v, v, 1), kInvalid);  // stride not 16-aligned
+  EXPECT_EQ(run({GgmlType::kQ8_0, 4, 64, v, 48}, v, v, 1), kInvalid);  // stride < row bytes
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v.Sub(0, 200), v, 1), kInvalid);   // small x
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v.Sub(0, 8), 2), kInvalid);     // small y
   EXPECT_EQ(run({GgmlType::kF32, 4, 64, v}, v, v, 1, {.x_stride = 32}), kInvalid);
