@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -200,15 +199,17 @@ KernelId ByDtype(CacheDtype dtype, KernelId f32, KernelId f16, KernelId fp8) {
 }
 
 // The attention kernel for the resolved tiles: texel reads where asked for and every view the
-// kernel reads through a texel buffer starts at the device's texel-buffer alignment.
-KernelId AttnKernel(const Device& device, const AttnTiles& t, CacheDtype dtype, bool decode,
-                    std::initializer_list<BufferView> texel_views) {
-  bool texel = t.reads == AttnReads::kTexel;
-  for (const BufferView& v : texel_views) {
-    if (v.offset % device.limits().min_texel_buffer_offset_alignment != 0 || v.size < 16) {
-      texel = false;
-    }
-  }
+// texel variant binds as a texel buffer (q, k_new, v_new, the cache data, and the FP8 tail)
+// starts at the device's texel-buffer alignment and holds a whole texel.
+KernelId AttnKernel(const Device& device, const AttnStep& step, const AttnTiles& t,
+                    BufferView q, bool decode) {
+  const CacheDtype dtype = step.layout.dtype;
+  const auto fits = [&](const BufferView& v) {
+    return v.offset % device.limits().min_texel_buffer_offset_alignment == 0 && v.size >= 16;
+  };
+  const bool texel = t.reads == AttnReads::kTexel && fits(q) && fits(step.k_new) &&
+                     fits(step.v_new) && fits(step.cache.k_data) && fits(step.cache.v_data) &&
+                     (dtype != CacheDtype::kFp8E4M3 || fits(step.cache.tail));
   if (decode) {
     return texel ? ByDtype(dtype, KernelId::kPagedAttnDecodeF32Texel,
                            KernelId::kPagedAttnDecodeF16Texel, KernelId::kPagedAttnDecodeFp8Texel)
@@ -414,8 +415,7 @@ absl::Status RecordFlashAttnPrefill(CommandList& cl, const Kernels& kernels, con
   const int64_t group = num_heads / layout.num_kv_heads;
   const std::vector<uint32_t> spec = SpecConstants(t, layout, group);
   const KvLayerViews c = BoundCache(step);
-  const KernelId id = AttnKernel(kernels.device(), t, layout.dtype, /*decode=*/false,
-                                 {q, step.k_new, step.v_new, c.k_data, c.v_data, c.tail});
+  const KernelId id = AttnKernel(kernels.device(), step, t, q, /*decode=*/false);
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<PrefillPush>(id, spec));
   const PrefillPush push{U32(num_heads), U32(layout.num_kv_heads), U32(step.layer),
                          U32(layout.num_layers),
@@ -487,8 +487,7 @@ absl::Status RecordPagedAttnDecode(CommandList& cl, const Kernels& kernels, cons
   const int64_t group = num_heads / layout.num_kv_heads;
   const std::vector<uint32_t> spec = SpecConstants(t, layout, group);
   const KvLayerViews c = BoundCache(step);
-  const KernelId id = AttnKernel(kernels.device(), t, layout.dtype, /*decode=*/true,
-                                 {q, step.k_new, step.v_new, c.k_data, c.v_data, c.tail});
+  const KernelId id = AttnKernel(kernels.device(), step, t, q, /*decode=*/true);
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<DecodePush>(id, spec));
   const DecodePush push{U32(num_heads),
                         U32(layout.num_kv_heads),

@@ -66,10 +66,6 @@ struct AttnStep {
   BufferView v_new;                     // f32 [rows, num_kv_heads, head_dim]
 };
 
-// Tile sizes of the attention kernels (specialization constants; see
-// shaders/include/flash_attn_core.glsl). 0 = chosen from the head size, GQA group, dtype and the
-// device: GPUs get 8 lanes per row; CPU devices (lavapipe: 8-lane SIMD subgroups) one lane per
-// row when a tile has enough rows to fill the SIMD width, else as many as fill it.
 // How the attention kernels read q, K and V: storage buffers with K/V tiles staged in shared
 // memory (GPUs), or uniform texel buffers read key by key with no staging (CPU devices:
 // lavapipe fetches texels an order of magnitude faster than it loads storage buffers or shared
@@ -77,6 +73,10 @@ struct AttnStep {
 // alignment falls back to storage reads.
 enum class AttnReads : uint32_t { kDefault = 0, kStorage, kTexel };
 
+// Tile sizes of the attention kernels (specialization constants; see
+// shaders/include/flash_attn_core.glsl). 0 = chosen from the head size, GQA group, dtype and the
+// device: GPUs get 8 lanes per row; CPU devices (lavapipe: 8-lane SIMD subgroups) one lane per
+// row when a tile has enough rows to fill the SIMD width, else as many as fill it.
 struct AttnTiles {
   uint32_t workgroup = 0;      // invocations, >= q_pos * group * lanes_per_row
   uint32_t q_pos = 0;          // query positions per tile (rows = q_pos * group)

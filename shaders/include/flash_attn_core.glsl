@@ -28,6 +28,12 @@
 // tile lies in one block. Key tiles entirely in the pool or entirely pending take straight-line
 // load paths; tiles that mix sources go through the general per-key path.
 //
+// ATTN_TEXEL (CPU drivers; AttnTiles::reads): q, K and V are read through uniform texel buffers
+// and nothing is staged: each invocation reads its row's vec4s of one key at a time and folds
+// the key into the online softmax at once (no score tile). llvmpipe runs both sides of a branch
+// with lanes masked off and loads storage buffers and shared memory lane by lane, so this path
+// gives each common tile source a loop with no other load path in it.
+//
 // REQUIRES (host): WG >= Q_POS * GROUP * LANES, WG % LANES == 0, LANES a power of two
 // <= the subgroup size dividing HEAD_DIM / 4.
 //
@@ -55,6 +61,12 @@ const uint R = Q_POS * GROUP; // rows per tile
 // Masked scores and the initial running max. Finite, so no inf arithmetic is needed.
 const float kNeg = -1.0e30;
 const float kNegHalf = -0.5e30;
+
+// Four E4M3 codes (byte 0 first) as floats.
+vec4 duet_fp8x4_to_vec4(uint word) {
+  return vec4(duet_fp8_e4m3_to_f32(word & 0xffu), duet_fp8_e4m3_to_f32((word >> 8u) & 0xffu),
+              duet_fp8_e4m3_to_f32((word >> 16u) & 0xffu), duet_fp8_e4m3_to_f32(word >> 24u));
+}
 
 #if defined(ATTN_TEXEL)
 // Uniform texel buffers (RGBA32F / RGBA32UI views of the same bytes): on lavapipe a texel fetch
@@ -93,9 +105,13 @@ uvec2 duet_cache_at(uint part, uint i) {
                              : texelFetch(v_cache_tex, int(i >> 1u));
   return (i & 1u) == 0u ? t.xy : t.zw;
 }
-// Two vec4s of halves at an even index.
+// Two vec4s of halves at an even index; c (0 or 1) of them as f32.
+const uint VEC4S_PER_TEXEL = 2u;
 uvec4 duet_cache_at4(uint part, uint i) {
   return part == 0u ? texelFetch(k_cache_tex, int(i >> 1u)) : texelFetch(v_cache_tex, int(i >> 1u));
+}
+vec4 duet_texel_vec4(uvec4 w, uint c, float scale) {
+  return vec4(unpackHalf2x16(c == 0u ? w.x : w.z), unpackHalf2x16(c == 0u ? w.y : w.w));
 }
 #else
 uint duet_cache_at(uint part, uint i) {
@@ -103,10 +119,12 @@ uint duet_cache_at(uint part, uint i) {
                              : texelFetch(v_cache_tex, int(i >> 2u));
   return t[i & 3u];
 }
-// Four words (16 codes) at a multiple of 4.
+// Four words (16 codes) at a multiple of 4; word c of them as f32 times the block's scale.
+const uint VEC4S_PER_TEXEL = 4u;
 uvec4 duet_cache_at4(uint part, uint i) {
   return part == 0u ? texelFetch(k_cache_tex, int(i >> 2u)) : texelFetch(v_cache_tex, int(i >> 2u));
 }
+vec4 duet_texel_vec4(uvec4 w, uint c, float scale) { return duet_fp8x4_to_vec4(w[c]) * scale; }
 #endif
 #else
 layout(std430, set = 0, binding = 0) readonly buffer Q { vec4 q_in[]; };
@@ -178,26 +196,48 @@ float row_l;       // running sum of exp(score - m)
 vec4 row_q[DL];    // row_q[i] = query vec4 (lane + i * LANES), pre-scaled by pc.scale
 vec4 row_acc[DL];  // sum of p * v over the keys so far, same vec4s
 
-// Four E4M3 codes (byte 0 first) as floats.
-vec4 duet_fp8x4_to_vec4(uint word) {
-  return vec4(duet_fp8_e4m3_to_f32(word & 0xffu), duet_fp8_e4m3_to_f32((word >> 8u) & 0xffu),
-              duet_fp8_e4m3_to_f32((word >> 16u) & 0xffu), duet_fp8_e4m3_to_f32(word >> 24u));
+// Vec4 `at` of the layer's K (part 0) or V (part 1) data as f32; `scale` is the block's FP8
+// scale (ignored for F32 / F16).
+vec4 duet_cache_vec4(uint part, uint at, float scale) {
+#if defined(KV_FP8)
+  return duet_fp8x4_to_vec4(duet_cache_at(part, at)) * scale;
+#elif defined(KV_F16)
+  return duet_unpack_f16x4(duet_cache_at(part, at));
+#else
+  return duet_cache_at(part, at);
+#endif
+}
+
+// A key tile [k0, k0 + BC) that lies in one pool block: the vec4 index of its first key in the
+// layer's data, and the block's FP8 scales (1 for F32 / F16), looked up once per tile.
+struct BlockTile {
+  uint first;
+  float k_scale;
+  float v_scale;
+};
+BlockTile duet_block_tile(AttnTile t, uint k0) {
+  const uint block = seqs[t.table + k0 / BLOCK_SIZE];
+  BlockTile b;
+  b.first = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + k0 % BLOCK_SIZE) * D4;
+  b.k_scale = 1.0;
+  b.v_scale = 1.0;
+#if defined(KV_FP8)
+  b.k_scale = k_scales[block * pc.num_kv_heads + t.kv_head];
+  b.v_scale = v_scales[block * pc.num_kv_heads + t.kv_head];
+#endif
+  return b;
 }
 
 // The cache entry (pool) of K (part 0) or V (part 1) at `key`, four elements at vec4 d4.
 vec4 duet_load_pool(AttnTile t, uint part, uint key, uint d4) {
   const uint block = seqs[t.table + key / BLOCK_SIZE];
   const uint at = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
+  float scale = 1.0;
 #if defined(KV_FP8)
-  const uint word = duet_cache_at(part, at);
-  const float scale = part == 0u ? k_scales[block * pc.num_kv_heads + t.kv_head]
-                                 : v_scales[block * pc.num_kv_heads + t.kv_head];
-  return duet_fp8x4_to_vec4(word) * scale;
-#elif defined(KV_F16)
-  return duet_unpack_f16x4(duet_cache_at(part, at));
-#else
-  return duet_cache_at(part, at);
+  scale = part == 0u ? k_scales[block * pc.num_kv_heads + t.kv_head]
+                     : v_scales[block * pc.num_kv_heads + t.kv_head];
 #endif
+  return duet_cache_vec4(part, at, scale);
 }
 
 // A pending row's K or V at `key` (>= t.cached), rounded as the cache stores it.
@@ -269,24 +309,10 @@ uint duet_tile_source(AttnTile t, uint k0, uint key_begin, uint key_end) {
 void duet_stage_tile(AttnTile t, uint source, uint k0, uint key_begin, uint key_end) {
   const uint tid = gl_LocalInvocationID.x;
   if (source == kFromPool && BLOCK_SIZE % BC == 0u) {
-    // The tile lies in one block: look its id (and FP8 scales) up once.
-    const uint block = seqs[t.table + k0 / BLOCK_SIZE];
-    const uint first = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + k0 % BLOCK_SIZE) * D4;
-#if defined(KV_FP8)
-    const float k_scale = k_scales[block * pc.num_kv_heads + t.kv_head];
-    const float v_scale = v_scales[block * pc.num_kv_heads + t.kv_head];
-#endif
+    const BlockTile b = duet_block_tile(t, k0);
     for (uint e = tid; e < BC * D4; e += WG) {
-#if defined(KV_FP8)
-      k_tile[e] = duet_fp8x4_to_vec4(k_cache[first + e]) * k_scale;
-      v_tile[e] = duet_fp8x4_to_vec4(v_cache[first + e]) * v_scale;
-#elif defined(KV_F16)
-      k_tile[e] = duet_unpack_f16x4(k_cache[first + e]);
-      v_tile[e] = duet_unpack_f16x4(v_cache[first + e]);
-#else
-      k_tile[e] = k_cache[first + e];
-      v_tile[e] = v_cache[first + e];
-#endif
+      k_tile[e] = duet_cache_vec4(0u, b.first + e, b.k_scale);
+      v_tile[e] = duet_cache_vec4(1u, b.first + e, b.v_scale);
     }
   } else if (source == kFromPool) {
     for (uint e = tid; e < BC * D4; e += WG) {
@@ -363,40 +389,23 @@ vec4 kv_row[DL];
 // FP8 scale).
 void duet_load_block_row(uint first, float scale, uint part, uint j) {
   const uint at = first + j * D4;
-#if defined(KV_FP8)
-  if (D4 % 4u == 0u && LANES <= 4u) {
-    // Whole texels (4 words, 16 codes): word m * LANES + row_lane of texel T is the lane's
-    // vec4 T * (4 / LANES) + m.
-    const uint per = 4u / LANES;
-    [[unroll]] for (uint tx = 0u; tx < D4 / 4u; ++tx) {
-      const uvec4 w = duet_cache_at4(part, at + tx * 4u);
+#if !defined(KV_F32)  // (an F32 texel is one vec4 already)
+  if (D4 % VEC4S_PER_TEXEL == 0u && LANES <= VEC4S_PER_TEXEL) {
+    // Vec4 m * LANES + row_lane of texel T is the lane's vec4 T * (VEC4S_PER_TEXEL / LANES) + m:
+    // one fetch serves several vec4s (16 FP8 codes, 8 halves).
+    const uint per = VEC4S_PER_TEXEL / LANES;
+    [[unroll]] for (uint tx = 0u; tx < D4 / VEC4S_PER_TEXEL; ++tx) {
+      const uvec4 w = duet_cache_at4(part, at + tx * VEC4S_PER_TEXEL);
       [[unroll]] for (uint m = 0u; m < per; ++m) {
-        kv_row[tx * per + m] = duet_fp8x4_to_vec4(w[m * LANES + row_lane]) * scale;
+        kv_row[tx * per + m] = duet_texel_vec4(w, m * LANES + row_lane, scale);
       }
     }
-  } else {
-    [[unroll]] for (uint i = 0u; i < DL; ++i) {
-      kv_row[i] = duet_fp8x4_to_vec4(duet_cache_at(part, at + row_lane + i * LANES)) * scale;
-    }
+    return;
   }
-#elif defined(KV_F16)
-  if (D4 % 2u == 0u && LANES <= 2u) {
-    // Whole texels (2 vec4s of halves).
-    const uint per = 2u / LANES;
-    [[unroll]] for (uint tx = 0u; tx < D4 / 2u; ++tx) {
-      const uvec4 w = duet_cache_at4(part, at + tx * 2u);
-      [[unroll]] for (uint m = 0u; m < per; ++m) {
-        kv_row[tx * per + m] = duet_unpack_f16x4(m * LANES + row_lane == 0u ? w.xy : w.zw);
-      }
-    }
-  } else {
-    [[unroll]] for (uint i = 0u; i < DL; ++i) {
-      kv_row[i] = duet_unpack_f16x4(duet_cache_at(part, at + row_lane + i * LANES));
-    }
-  }
-#else
-  [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_cache_at(part, at + row_lane + i * LANES);
 #endif
+  [[unroll]] for (uint i = 0u; i < DL; ++i) {
+    kv_row[i] = duet_cache_vec4(part, at + row_lane + i * LANES, scale);
+  }
 }
 
 // Fills kv_row with K or V of pending key `key` (>= t.cached).
@@ -439,18 +448,11 @@ void duet_attend(AttnTile t, uint key_begin, uint key_end) {
     const uint j_begin = max(k0, key_begin) - k0;
     const uint j_end = min(k0 + BC, key_end) - k0;
     if (source == kFromPool && BLOCK_SIZE % BC == 0u) {
-      const uint block = seqs[t.table + k0 / BLOCK_SIZE];
-      const uint first = ((block * pc.num_kv_heads + t.kv_head) * BLOCK_SIZE + k0 % BLOCK_SIZE) * D4;
-      float k_scale = 1.0;
-      float v_scale = 1.0;
-#if defined(KV_FP8)
-      k_scale = k_scales[block * pc.num_kv_heads + t.kv_head];
-      v_scale = v_scales[block * pc.num_kv_heads + t.kv_head];
-#endif
+      const BlockTile b = duet_block_tile(t, k0);
       for (uint j = j_begin; j < j_end; ++j) {
-        duet_load_block_row(first, k_scale, 0u, j);
+        duet_load_block_row(b.first, b.k_scale, 0u, j);
         const float p = duet_fold_k(k0 + j);
-        duet_load_block_row(first, v_scale, 1u, j);
+        duet_load_block_row(b.first, b.v_scale, 1u, j);
         duet_fold_v(p);
       }
     } else if (source == kFromPending) {

@@ -139,6 +139,9 @@ TEST(VulkanCpuThreadsTest, InlineDispatchesGiveTheSameLogits) {
     EngineOptions options = TestOptions(kv::CacheDtype::kFp8E4M3, 4 * kNumSeqs, kNumSeqs);
     options.vk_cpu_threads = inline_run == 1 ? 0 : 2;
     std::unique_ptr<Engine> engine = MakeEngine("vulkan", file, options);
+    // The setting reached the driver's variable (lavapipe reads it when the instance is made).
+    ASSERT_NE(std::getenv("LP_NUM_THREADS"), nullptr);
+    EXPECT_STREQ(std::getenv("LP_NUM_THREADS"), inline_run == 1 ? "0" : "2");
     // Later engines of this process get the driver's default again.
     if (saved != nullptr) {
       setenv("LP_NUM_THREADS", saved_value.c_str(), 1);
