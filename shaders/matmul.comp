@@ -8,7 +8,8 @@
 //   0 w: the rows of this dispatch as 16-byte units; starts 16-byte aligned, size padded to a
 //        multiple of 16 (see dequant_blocks.glsl).
 //   1 x: f32 [n_tokens, x_stride] read as vec4; size padded to a multiple of 16 bytes.
-//   2 y: f32, Y[t, row] at y[t * y_stride + y_offset + row].
+//   2 y: f32, Y[t, row] at y[t * y_stride + y_offset + row]; ACCUMULATE adds to what y holds
+//        (a residual add) instead of overwriting it.
 // Launch: Groups{ceil(rows / TILE_ROWS), ceil(n_tokens / TILE_TOKENS)}.
 //
 // A workgroup computes a TILE_ROWS x TILE_TOKENS tile of Y; each invocation a THREAD_ROWS x
@@ -33,8 +34,10 @@ layout(constant_id = 4) const uint THREAD_TOKENS = 4;
 layout(constant_id = 5) const bool SHARED_TILES = true;
 // Every token of x starts at a multiple of 4 elements (see matmul_io.glsl).
 layout(constant_id = 6) const bool X_ALIGNED = true;
-// F32/F16 only: every row starts at a multiple of 16 bytes (row_bytes % 16 == 0).
-layout(constant_id = 7) const bool W_ALIGNED = true;
+layout(constant_id = 7) const bool ACCUMULATE = false;
+// F32/F16 only: every row starts at a multiple of 16 bytes (row_bytes % 16 == 0). Last, because
+// the quantized variants never read it (their SPIR-V lacks it).
+layout(constant_id = 8) const bool W_ALIGNED = true;
 layout(local_size_x_id = 0) in;
 
 #if defined(W_TEXEL)
@@ -55,7 +58,7 @@ layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
 vec4 x4_at(uint i) { return x4[i]; }
 uint x4_count() { return uint(x4.length()); }
 #endif
-layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
+layout(std430, set = 0, binding = 2) buffer Y { float y[]; };
 
 layout(push_constant) uniform Push {
   uint in_dim;     // elements per row
@@ -213,7 +216,10 @@ void main() {
     const uint row = tile_row0 + tr + i * ROW_THREADS;
     [[unroll]] for (uint j = 0u; j < RN; ++j) {
       const uint t = tile_tok0 + tt + j * (TILE_TOKENS / RN);
-      if (row < pc.rows && t < pc.n_tokens) y[t * pc.y_stride + pc.y_offset + row] = acc[i][j];
+      if (row < pc.rows && t < pc.n_tokens) {
+        const uint at = t * pc.y_stride + pc.y_offset + row;
+        y[at] = ACCUMULATE ? y[at] + acc[i][j] : acc[i][j];
+      }
     }
   }
 }

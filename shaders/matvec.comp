@@ -8,8 +8,18 @@
 //   0 w: the rows of this dispatch as 16-byte units; starts 16-byte aligned, size padded to a
 //        multiple of 16 (see dequant_blocks.glsl).
 //   1 x: f32, vector b at element x_offset + b * x_stride, read as vec4; size padded to 16.
-//   2 y: f32, y[b * y_stride + y_offset + row].
-// Launch: Groups1D(ceil(rows / ROWS_PER_WG)), ROWS_PER_WG = ROWS_PER_LANE * WG / K_LANES.
+//   2 y: f32, y[b * y_stride + y_offset + row] for rows < split1 (all rows of a plain call).
+//   3 y1, 4 y2: f32, the rows of a split call (a fused projection such as q | k | v): row r in
+//        [split1, split2) at y1[b * y1_stride + y1_offset + r - split1], rows from split2 on in
+//        y2 likewise. A plain call binds y again at both.
+// Launch: Groups1D(ceil(rows / ROWS_PER_WG)), ROWS_PER_WG = OUT_R * WG / K_LANES (below).
+//
+// EPILOGUE (what is stored for a row's sum s):
+//   0 store: s;
+//   1 accumulate: y += s (a residual add; only y, read and written by the lane that owns it);
+//   2 SwiGLU: the weight holds 2 * rows rows, gate rows then up rows; output row r is
+//     silu(s_r) * s_(rows + r), as swiglu.comp computes it. Half of each lane's ROWS_PER_LANE
+//     rows are gate rows, the other half the up rows that pair with them.
 //
 // Mapping: K_LANES consecutive lanes of a subgroup share a row and split it into 32-element
 // units (lane k of the group takes units k, k + K_LANES, ...); each lane group walks
@@ -45,6 +55,7 @@ layout(constant_id = 5) const bool X_BROADCAST = false;
 // Every row starts at a multiple of 16 bytes (row_bytes % 16 == 0). Quantized rows padded so
 // (the Vulkan engine pads them on CPU devices) take the run-of-8-blocks path below.
 layout(constant_id = 6) const bool W_ALIGNED = true;
+layout(constant_id = 7) const uint EPILOGUE = 0;  // 0 store, 1 accumulate, 2 SwiGLU (above)
 layout(local_size_x_id = 0) in;
 
 #if defined(W_TEXEL)
@@ -65,7 +76,9 @@ layout(std430, set = 0, binding = 1) readonly buffer X { vec4 x4[]; };
 vec4 x4_at(uint i) { return x4[i]; }
 uint x4_count() { return uint(x4.length()); }
 #endif
-layout(std430, set = 0, binding = 2) writeonly buffer Y { float y[]; };
+layout(std430, set = 0, binding = 2) buffer Y { float y[]; };
+layout(std430, set = 0, binding = 3) writeonly buffer Y1 { float y1[]; };
+layout(std430, set = 0, binding = 4) writeonly buffer Y2 { float y2[]; };
 
 layout(push_constant) uniform Push {
   uint in_dim;     // elements per row
@@ -75,13 +88,22 @@ layout(push_constant) uniform Push {
   uint x_offset;   // element offset of the first vector in the bound x
   uint y_stride;   // elements between the vectors of y
   uint y_offset;   // element offset of this dispatch's first row in each vector of y
+  uint split1;     // first row stored in y1 (>= rows: none)
+  uint y1_stride;
+  uint y1_offset;
+  uint split2;     // first row stored in y2 (>= rows: none)
+  uint y2_stride;
+  uint y2_offset;
 } pc;
 
 #include "dequant_blocks.glsl"
 
 const uint B = NUM_VECS;
 const uint R = ROWS_PER_LANE;
-const uint ROWS_PER_WG = R * (WG / K_LANES);
+const bool GATED = EPILOGUE == 2u;
+// Output rows per lane: all R, or (SwiGLU) the R / 2 gate rows whose up rows the lane also reads.
+const uint OUT_R = GATED ? R / 2u : R;
+const uint ROWS_PER_WG = OUT_R * (WG / K_LANES);
 
 #include "matmul_io.glsl"
 
@@ -90,6 +112,88 @@ const uint ROWS_PER_WG = R * (WG / K_LANES);
 const bool QUANT_RUNS = K_LANES == 1u && W_ALIGNED;
 #else
 const bool QUANT_RUNS = false;
+#endif
+
+// Stores row `row` of vector b (see the bindings and EPILOGUE above).
+void store_y(uint row, uint b, float v) {
+  if (row < pc.split1) {
+    const uint i = b * pc.y_stride + pc.y_offset + row;
+    y[i] = EPILOGUE == 1u ? y[i] + v : v;
+  } else if (row < pc.split2) {
+    y1[b * pc.y1_stride + pc.y1_offset + (row - pc.split1)] = v;
+  } else {
+    y2[b * pc.y2_stride + pc.y2_offset + (row - pc.split2)] = v;
+  }
+}
+
+// Per-invocation state shared with the helpers below (private variables).
+float acc[R][B];  // f32 sums of each row (r) and vector (b)
+uint row_c[R];    // the rows this lane reads (clamped to the last one)
+
+#if defined(W_Q8_0) || defined(W_Q4_0)
+// The quantized run path (QUANT_RUNS): rows start at multiples of 16 bytes, so block k of a run
+// of 8 (272 bytes = 17 units for Q8_0, 144 = 9 for Q4_0) starts at byte 2k of a unit, the same
+// for every lane, in the unit where block k - 1 ended. That unit stays in registers (carry): 2
+// fetches per Q8_0 block instead of 3, 1 per Q4_0 block instead of 2 (fetches are what a
+// matvec costs on lavapipe).
+uint run_at[R];       // the next unit of each row's run
+uvec4 run_carry[R];   // the unit where the previous block ended
+DuetUnit blocks[R];   // the current block of each row
+
+// Starts the run of blocks g.. (g a multiple of 8) of every row.
+void start_run(uint g) {
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    run_at[r] = (row_c[r] * pc.row_bytes + g * DUET_BLOCK_BYTES) >> 4u;
+    run_carry[r] = duet_w16(run_at[r]);
+  }
+}
+
+// Loads block k of the run into blocks[].
+void next_block_of_run(uint k) {
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    const uvec4 b = duet_w16(run_at[r] + 1u);
+#if defined(W_Q8_0)
+    const uvec4 c = duet_w16(run_at[r] + 2u);
+    blocks[r] = duet_unit_from(run_carry[r], b, c, 2u * k);
+    run_carry[r] = c;
+    run_at[r] += 2u;
+#else
+    blocks[r] = duet_unit_from(run_carry[r], b, 2u * k);
+    run_carry[r] = b;
+    run_at[r] += 1u;
+#endif
+  }
+}
+
+// acc += blocks[] (unit u of each row) times x: the 32 products of a block summed unscaled, then
+// multiplied by the block's scale once.
+void add_block(uint u) {
+  const uint lane = gl_SubgroupInvocationID;
+  // X_BROADCAST: lane i loads vec4 i % 8 of the unit for every vector.
+  vec4 x_unit[B];
+  [[unroll]] for (uint b = 0u; b < B; ++b) {
+    x_unit[b] = vec4(0.0);
+    if (X_BROADCAST) x_unit[b] = load_x4(pc.x_offset + b * pc.x_stride + u * DUET_UNIT + (lane % 8u) * 4u);
+  }
+  float part[R][B];
+  [[unroll]] for (uint step = 0u; step < 8u; ++step) {
+    const uint c = u * DUET_UNIT + step * 4u;
+    vec4 xv[B];
+    [[unroll]] for (uint b = 0u; b < B; ++b) {
+      xv[b] = X_BROADCAST ? subgroupBroadcast(x_unit[b], step)
+                          : load_x4(pc.x_offset + b * pc.x_stride + c);
+    }
+    [[unroll]] for (uint r = 0u; r < R; ++r) {
+      const vec4 q = duet_unit_raw(blocks[r], step);
+      [[unroll]] for (uint b = 0u; b < B; ++b) {
+        part[r][b] = step == 0u ? dot(q, xv[b]) : part[r][b] + dot(q, xv[b]);
+      }
+    }
+  }
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] += blocks[r].d * part[r][b];
+  }
+}
 #endif
 
 void main() {
@@ -101,63 +205,36 @@ void main() {
   const bool has_tail = (pc.in_dim % DUET_UNIT) != 0u;
 
   // Lanes past the last row compute on the last row and store nothing (they still take part
-  // in the subgroup operations).
-  uint row_c[R];
-  [[unroll]] for (uint r = 0u; r < R; ++r) row_c[r] = min(row0 + r * (WG / K_LANES), pc.rows - 1u);
+  // in the subgroup operations). SwiGLU: rows OUT_R.. are the up rows of rows 0..OUT_R-1.
+  [[unroll]] for (uint r = 0u; r < R; ++r) {
+    if (r < OUT_R) {
+      row_c[r] = min(row0 + r * (WG / K_LANES), pc.rows - 1u);
+    } else {
+      row_c[r] = row_c[r - OUT_R] + pc.rows;
+    }
+  }
 
-  float acc[R][B];
   [[unroll]] for (uint r = 0u; r < R; ++r) {
     [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] = 0.0;
   }
 
 #if defined(W_Q8_0) || defined(W_Q4_0)
   if (QUANT_RUNS) {
-    // Rows start at multiples of 16 bytes, so block k of a run of 8 (272 bytes = 17 units for
-    // Q8_0, 144 = 9 for Q4_0) starts at byte 2k of a unit, the same for every lane, in the unit
-    // where block k - 1 ended. That unit stays in registers: 2 fetches per Q8_0 block instead
-    // of 3, 1 per Q4_0 block instead of 2 (fetches are what a matvec costs on lavapipe).
-    for (uint g = 0u; g < num_units; g += 8u) {
-      uint at[R];
-      uvec4 carry[R];
-      [[unroll]] for (uint r = 0u; r < R; ++r) {
-        at[r] = (row_c[r] * pc.row_bytes + g * DUET_BLOCK_BYTES) >> 4u;
-        carry[r] = duet_w16(at[r]);
+    // Whole runs of 8 blocks unrolled, so every block's byte offset in its units is a constant
+    // (the shifts that line its words up cost nothing); the last num_units % 8 blocks in a loop.
+    uint g = 0u;
+    for (; g + 8u <= num_units; g += 8u) {
+      start_run(g);
+      [[unroll]] for (uint k = 0u; k < 8u; ++k) {
+        next_block_of_run(k);
+        add_block(g + k);
       }
-      const uint run = min(8u, num_units - g);
-      for (uint k = 0u; k < run; ++k) {
-        const uint u = g + k;
-        // X_BROADCAST: lane i loads vec4 i % 8 of the unit for every vector.
-        vec4 x_unit[B];
-        [[unroll]] for (uint b = 0u; b < B; ++b) {
-          x_unit[b] = vec4(0.0);
-          if (X_BROADCAST) x_unit[b] = load_x4(pc.x_offset + b * pc.x_stride + u * DUET_UNIT + (lane % 8u) * 4u);
-        }
-        DuetUnit wu[R];
-        [[unroll]] for (uint r = 0u; r < R; ++r) {
-          const uvec4 b = duet_w16(at[r] + 1u);
-#if defined(W_Q8_0)
-          const uvec4 c = duet_w16(at[r] + 2u);
-          wu[r] = duet_unit_from(carry[r], b, c, 2u * k);
-          carry[r] = c;
-          at[r] += 2u;
-#else
-          wu[r] = duet_unit_from(carry[r], b, 2u * k);
-          carry[r] = b;
-          at[r] += 1u;
-#endif
-        }
-        [[unroll]] for (uint step = 0u; step < 8u; ++step) {
-          const uint c = u * DUET_UNIT + step * 4u;
-          vec4 xv[B];
-          [[unroll]] for (uint b = 0u; b < B; ++b) {
-            xv[b] = X_BROADCAST ? subgroupBroadcast(x_unit[b], step)
-                                : load_x4(pc.x_offset + b * pc.x_stride + c);
-          }
-          [[unroll]] for (uint r = 0u; r < R; ++r) {
-            const vec4 wv = duet_unit_step(wu[r], step);
-            [[unroll]] for (uint b = 0u; b < B; ++b) acc[r][b] += dot(wv, xv[b]);
-          }
-        }
+    }
+    if (g < num_units) {
+      start_run(g);
+      for (uint k = 0u; g + k < num_units; ++k) {
+        next_block_of_run(k);
+        add_block(g + k);
       }
     }
   }
@@ -230,13 +307,19 @@ void main() {
   }
 
   [[unroll]] for (uint r = 0u; r < R; ++r) {
-    const uint row = row0 + r * (WG / K_LANES);
     [[unroll]] for (uint b = 0u; b < B; ++b) {
-      float total = acc[r][b];
       [[unroll]] for (uint m = K_LANES / 2u; m > 0u; m /= 2u) {
-        total += subgroupShuffleXor(total, m);
+        acc[r][b] += subgroupShuffleXor(acc[r][b], m);
       }
-      if (k_lane == 0u && row < pc.rows) y[b * pc.y_stride + pc.y_offset + row] = total;
+    }
+  }
+  [[unroll]] for (uint r = 0u; r < OUT_R; ++r) {
+    const uint row = row0 + r * (WG / K_LANES);
+    if (k_lane != 0u || row >= pc.rows) continue;
+    [[unroll]] for (uint b = 0u; b < B; ++b) {
+      float v = acc[r][b];
+      if (GATED) v = (v / (1.0 + exp(-v))) * acc[r + OUT_R][b];
+      store_y(row, b, v);
     }
   }
 }

@@ -21,6 +21,12 @@ struct MatVecPush {
   uint32_t x_offset;
   uint32_t y_stride;
   uint32_t y_offset;
+  uint32_t split1;
+  uint32_t y1_stride;
+  uint32_t y1_offset;
+  uint32_t split2;
+  uint32_t y2_stride;
+  uint32_t y2_offset;
 };
 DUET_VK_PUSH_CONSTANTS(MatVecPush);
 
@@ -138,14 +144,16 @@ MatMulConfig DefaultMatMulConfig(const Device& device) {
   MatMulConfig config;
   const DeviceLimits& limits = device.limits();
   if (device.info().type == DeviceType::kCpu) {
-    // lavapipe: one SIMD register is one subgroup; a lane per row with eight rows in flight,
-    // 16 x 4 register tiles, and every operand read through texel buffers, which llvmpipe
-    // fetches far faster than storage buffers (docs/performance.md).
+    // lavapipe: one SIMD register is one subgroup; a lane per row with four rows in flight, a
+    // one-subgroup workgroup (so a small matrix still makes enough workgroups for every
+    // thread, and the last one computes few clamped rows), 16 x 4 register tiles, and every
+    // operand read through texel buffers, which llvmpipe fetches far faster than storage
+    // buffers (docs/performance.md).
     config.texel_reads = true;
     config.aligned_quant_rows = true;
-    config.matvec_workgroup = 64;
+    config.matvec_workgroup = std::max<uint32_t>(8, limits.subgroup_size);
     config.matvec_k_lanes = 1;
-    config.matvec_rows_per_lane = 8;
+    config.matvec_rows_per_lane = 4;
     config.matvec_x_broadcast = false;
     config.tile_rows = 64;
     config.tile_tokens = 32;
@@ -207,12 +215,41 @@ absl::Status ValidateMatMulConfig(const Device& device, const MatMulConfig& c) {
   return absl::OkStatus();
 }
 
+uint64_t MatMulViewAlignment(const Device& device, const MatMulConfig& config) {
+  const DeviceLimits& limits = device.limits();
+  uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
+  if (config.texel_reads) align = std::max(align, limits.min_texel_buffer_offset_alignment);
+  return align;
+}
+
+uint64_t MaxMatMulBindingBytes(const Device& device, const MatMulConfig& config) {
+  const uint64_t range =
+      std::min<uint64_t>(device.limits().max_storage_buffer_range, kMaxIndexBytes);
+  const uint64_t w_range =
+      config.max_chunk_bytes > 0 ? std::min(range, config.max_chunk_bytes) : range;
+  return w_range > kMatMulAlignment ? w_range - kMatMulAlignment : 0;
+}
+
 std::string MatMulKernelName(const MatMulConfig& config, int64_t n_tokens) {
   return n_tokens <= config.matvec_max_tokens ? "matvec" : "matmul";
 }
 
-absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
-                          BufferView x, BufferView y, int64_t n_tokens, const MatMulLayout& layout,
+namespace {
+
+// Where rows of the product go: `rows` consecutive output rows (after the previous region's)
+// are stored at y[t * stride + column + r], r counted from the region's first row.
+struct OutputRegion {
+  BufferView y;
+  int64_t stride = 0;
+  int64_t column = 0;
+  int64_t rows = 0;
+};
+
+// RecordMatMul and RecordMatVecSplit: the product of w and x into 1 to 3 regions (several only
+// for the matvec, with the weight in one binding).
+absl::Status RecordMatrix(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                          BufferView x, int64_t x_stride_in, absl::Span<const OutputRegion> outs,
+                          int64_t n_tokens, MatMulEpilogue epilogue,
                           const MatMulConfig* config_in) {
   constexpr const char* kOp = "RecordMatMul";
   const Device& device = kernels.device();
@@ -220,6 +257,9 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   DUET_RETURN_IF_ERROR(ValidateMatMulConfig(device, config));
   const bool use_matvec = n_tokens <= config.matvec_max_tokens;
   DUET_ASSIGN_OR_RETURN(const KernelId id, MatrixKernel(w.type, use_matvec, config.texel_reads));
+  const bool swiglu = epilogue == MatMulEpilogue::kSwiGlu;
+  // Several regions or a SwiGLU pair rows that only the matvec's lanes hold together.
+  const bool fused = swiglu || outs.size() > 1;
 
   // Shapes and layout.
   if (w.rows <= 0 || w.cols <= 0 || n_tokens <= 0 || w.rows > INT32_MAX || w.cols > INT32_MAX ||
@@ -234,18 +274,38 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                                    std::string(GgmlTypeName(w.type)),
                                                    " weight is not a multiple of ", block));
   }
-  const int64_t x_stride = layout.x_stride == 0 ? w.cols : layout.x_stride;
-  const int64_t y_stride = layout.y_stride == 0 ? w.rows : layout.y_stride;
-  if (x_stride < w.cols || layout.y_column < 0 || y_stride < layout.y_column + w.rows) {
-    return absl::InvalidArgumentError(absl::StrCat(kOp, ": x_stride ", x_stride, " < cols ", w.cols,
-                                                   " or y_stride ", y_stride, " < y_column ",
-                                                   layout.y_column, " + rows ", w.rows));
+  if (fused && !use_matvec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": a SwiGLU epilogue or a split output needs the matvec (n_tokens ",
+                     n_tokens, " > matvec_max_tokens ", config.matvec_max_tokens, ")"));
+  }
+  if (swiglu && w.rows % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": a SwiGLU weight holds gate and up rows, but has ", w.rows, " rows"));
+  }
+  const int64_t out_rows = swiglu ? w.rows / 2 : w.rows;
+  int64_t region_rows = 0;
+  for (const OutputRegion& out : outs) region_rows += out.rows;
+  if (region_rows != out_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": the outputs take ", region_rows, " rows of a product of ", out_rows));
+  }
+  const int64_t x_stride = x_stride_in == 0 ? w.cols : x_stride_in;
+  if (x_stride < w.cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": x_stride ", x_stride, " < cols ", w.cols));
+  }
+  for (const OutputRegion& out : outs) {
+    if (out.rows <= 0 || out.column < 0 || out.stride < out.column + out.rows) {
+      return absl::InvalidArgumentError(absl::StrCat(kOp, ": y_stride ", out.stride, " < y_column ",
+                                                     out.column, " + rows ", out.rows,
+                                                     " (or no rows)"));
+    }
   }
 
   // Views.
   const DeviceLimits& limits = device.limits();
-  uint64_t align = std::max(kMatMulAlignment, limits.min_storage_buffer_offset_alignment);
-  if (config.texel_reads) align = std::max(align, limits.min_texel_buffer_offset_alignment);
+  const uint64_t align = MatMulViewAlignment(device, config);
   const int64_t packed_row_bytes = GgmlRowBytes(w.type, w.cols);
   if (w.row_stride != 0 &&
       (w.row_stride < packed_row_bytes || w.row_stride % kMatMulAlignment != 0)) {
@@ -254,7 +314,9 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                                    packed_row_bytes));
   }
   const int64_t row_bytes = w.row_stride > 0 ? w.row_stride : packed_row_bytes;
-  if (w.data.offset % align != 0 || x.offset % align != 0 || y.offset % align != 0) {
+  bool aligned = w.data.offset % align == 0 && x.offset % align == 0;
+  for (const OutputRegion& out : outs) aligned &= out.y.offset % align == 0;
+  if (!aligned) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": weight, x and y views must start at multiples of ", align));
   }
@@ -270,23 +332,28 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
         absl::StrCat(kOp, ": x holds ", x.size, " bytes, needs ",
                      MatMulActivationBytes(n_tokens, x_stride, w.cols)));
   }
-  const uint64_t y_needed = (U64(n_tokens - 1) * U64(y_stride) + U64(layout.y_column + w.rows)) * 4;
-  if (y.size < y_needed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": y holds ", y.size, " bytes, needs ", y_needed));
+  for (const OutputRegion& out : outs) {
+    const uint64_t needed = (U64(n_tokens - 1) * U64(out.stride) + U64(out.column + out.rows)) * 4;
+    if (out.y.size < needed) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": y holds ", out.y.size, " bytes, needs ", needed));
+    }
   }
 
   // Weight chunks: whole rows, starting aligned, each padded to 16 bytes inside the view.
   const uint64_t range = std::min<uint64_t>(limits.max_storage_buffer_range, kMaxIndexBytes);
-  const uint64_t w_range =
-      config.max_chunk_bytes > 0 ? std::min(range, config.max_chunk_bytes) : range;
-  if (w_range <= kMatMulAlignment) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": bindable range ", w_range, " too small"));
+  const uint64_t max_chunk = MaxMatMulBindingBytes(device, config);
+  if (max_chunk == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": bindable range too small"));
   }
-  DUET_ASSIGN_OR_RETURN(std::vector<RowChunk> chunks,
-                        SplitRows(w.data.Sub(0, U64(w.rows) * U64(row_bytes)), w.rows, row_bytes,
-                                  w_range - kMatMulAlignment, align));
+  DUET_ASSIGN_OR_RETURN(
+      std::vector<RowChunk> chunks,
+      SplitRows(w.data.Sub(0, U64(w.rows) * U64(row_bytes)), w.rows, row_bytes, max_chunk, align));
+  if (fused && chunks.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": a SwiGLU or split weight must fit one binding of ", max_chunk,
+                     " bytes; it takes ", chunks.size()));
+  }
   for (RowChunk& chunk : chunks) {
     const uint64_t rel = chunk.view.offset - w.data.offset;
     chunk.view =
@@ -294,9 +361,11 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
   }
 
   // Token groups: at most kMaxVecsPerDispatch for matvec, else as many as x and y windows allow.
-  const int64_t per_dispatch = std::min<int64_t>(
-      use_matvec ? kMaxVecsPerDispatch : INT32_MAX,
-      TokensPerDispatch(range, align, x_stride, w.cols, y_stride, layout.y_column + w.rows));
+  int64_t per_dispatch = use_matvec ? kMaxVecsPerDispatch : INT32_MAX;
+  for (const OutputRegion& out : outs) {
+    per_dispatch = std::min(per_dispatch, TokensPerDispatch(range, align, x_stride, w.cols,
+                                                            out.stride, out.column + out.rows));
+  }
   if (per_dispatch <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": one token of x or y exceeds the bindable range ", range));
@@ -311,6 +380,7 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                        limits.subgroup_size >= 8 && !config.texel_reads
                                    ? 1
                                    : 0;
+  const uint32_t accumulate = epilogue == MatMulEpilogue::kAccumulate ? 1 : 0;
   // Quantized matmul variants never read W_ALIGNED (the last constant), so their SPIR-V lacks
   // it; the quantized matvec reads it (runs of blocks in 16-byte-aligned rows).
   const size_t drop = TraitsOf(w.type).block_size > 1 ? 1 : 0;
@@ -319,16 +389,23 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
     const int64_t count = std::min(per_dispatch, n_tokens - t0);
     const Window xw = MakeWindow(x, U64(t0) * U64(x_stride),
                                  U64(t0 + count - 1) * U64(x_stride) + U64(w.cols), align);
-    const uint64_t y_first = U64(t0) * U64(y_stride) + U64(layout.y_column);
-    const Window yw =
-        MakeWindow(y, y_first, y_first + U64(count - 1) * U64(y_stride) + U64(w.rows), align);
+    // The regions' windows; bindings 3 and 4 repeat the last region when there are fewer.
+    Window yw[3];
+    for (size_t i = 0; i < 3; ++i) {
+      const OutputRegion& out = outs[std::min(i, outs.size() - 1)];
+      const uint64_t first = U64(t0) * U64(out.stride) + U64(out.column);
+      yw[i] =
+          MakeWindow(out.y, first, first + U64(count - 1) * U64(out.stride) + U64(out.rows), align);
+    }
     const Pipeline* pipeline = nullptr;
     Tile tile;
     // At most 32 accumulators (rows x vectors) per lane: LLVM's compile time on CPU drivers
     // grows steeply with the unrolled sum count (8 x 8 took ~25 s on lavapipe), and the row
-    // order inside a lane never changes a row's sum, so results stay batch-invariant.
-    const uint32_t rows_per_lane = std::max<uint32_t>(
-        1, std::min<uint32_t>(config.matvec_rows_per_lane, 32 / U32(count)));
+    // order inside a lane never changes a row's sum, so results stay batch-invariant. SwiGLU
+    // needs an even count (gate rows and their up rows).
+    uint32_t rows_per_lane =
+        std::max<uint32_t>(1, std::min<uint32_t>(config.matvec_rows_per_lane, 32 / U32(count)));
+    if (swiglu) rows_per_lane = std::max<uint32_t>(2, rows_per_lane & ~1u);
     if (use_matvec) {
       const uint32_t spec[] = {config.matvec_workgroup,
                                config.matvec_k_lanes,
@@ -336,7 +413,8 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                rows_per_lane,
                                x_aligned,
                                x_broadcast,
-                               w_aligned};
+                               w_aligned,
+                               static_cast<uint32_t>(epilogue)};
       DUET_ASSIGN_OR_RETURN(pipeline, kernels.Get<MatVecPush>(id, spec));
     } else {
       tile = FitTile(config, count, limits.max_shared_memory_bytes);
@@ -348,35 +426,68 @@ absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightV
                                config.thread_tokens,
                                config.shared_tiles ? 1u : 0u,
                                x_aligned,
+                               accumulate,
                                w_aligned};
       DUET_ASSIGN_OR_RETURN(
           pipeline, kernels.Get<MatMulPush>(id, absl::MakeConstSpan(spec, std::size(spec) - drop)));
     }
     for (const RowChunk& chunk : chunks) {
-      const uint32_t y_offset = yw.offset + U32(chunk.first_row);
+      const uint32_t y_offset = yw[0].offset + U32(chunk.first_row);
       if (use_matvec) {
-        const MatVecPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
-                              xw.offset,   U32(y_stride),       y_offset};
-        const uint64_t rows_per_group =
-            U64(rows_per_lane) * (config.matvec_workgroup / config.matvec_k_lanes);
-        DUET_RETURN_IF_ERROR(cl.Dispatch(
-            *pipeline, {chunk.view, xw.view, yw.view}, push,
-            Groups1D((U64(chunk.num_rows) + rows_per_group - 1) / rows_per_group, max_x)));
+        // Region boundaries in output rows (UINT32_MAX: no such region).
+        const uint32_t split1 = outs.size() > 1 ? U32(outs[0].rows) : UINT32_MAX;
+        const uint32_t split2 = outs.size() > 2 ? U32(outs[0].rows + outs[1].rows) : UINT32_MAX;
+        const int64_t rows = swiglu ? out_rows : chunk.num_rows;
+        const MatVecPush push{
+            U32(w.cols),   U32(rows), U32(row_bytes),
+            U32(x_stride), xw.offset, U32(outs[0].stride),
+            y_offset,      split1,    U32(outs[std::min<size_t>(1, outs.size() - 1)].stride),
+            yw[1].offset,  split2,    U32(outs.back().stride),
+            yw[2].offset};
+        const uint64_t rows_per_group = U64(swiglu ? rows_per_lane / 2 : rows_per_lane) *
+                                        (config.matvec_workgroup / config.matvec_k_lanes);
+        DUET_RETURN_IF_ERROR(
+            cl.Dispatch(*pipeline, {chunk.view, xw.view, yw[0].view, yw[1].view, yw[2].view}, push,
+                        Groups1D((U64(rows) + rows_per_group - 1) / rows_per_group, max_x)));
       } else {
         const MatMulPush push{U32(w.cols), U32(chunk.num_rows), U32(row_bytes), U32(x_stride),
-                              xw.offset,   U32(y_stride),       y_offset,       U32(count)};
+                              xw.offset,   U32(outs[0].stride), y_offset,       U32(count)};
         const uint64_t row_tiles = (U64(chunk.num_rows) + tile.rows - 1) / tile.rows;
         const uint64_t token_tiles = (U64(count) + tile.tokens - 1) / tile.tokens;
         if (row_tiles > max_x || token_tiles > limits.max_workgroup_count[1]) {
           return absl::InvalidArgumentError(absl::StrCat(
               kOp, ": ", row_tiles, " x ", token_tiles, " tiles exceed the workgroup count limit"));
         }
-        DUET_RETURN_IF_ERROR(cl.Dispatch(*pipeline, {chunk.view, xw.view, yw.view}, push,
+        DUET_RETURN_IF_ERROR(cl.Dispatch(*pipeline, {chunk.view, xw.view, yw[0].view}, push,
                                          Groups{U32(row_tiles), U32(token_tiles), 1}));
       }
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                          BufferView x, BufferView y, int64_t n_tokens, const MatMulLayout& layout,
+                          const MatMulConfig* config) {
+  const int64_t out_rows = layout.epilogue == MatMulEpilogue::kSwiGlu ? w.rows / 2 : w.rows;
+  const OutputRegion out{y, layout.y_stride == 0 ? out_rows : layout.y_stride, layout.y_column,
+                         out_rows};
+  return RecordMatrix(cl, kernels, w, x, layout.x_stride, {&out, 1}, n_tokens, layout.epilogue,
+                      config);
+}
+
+absl::Status RecordMatVecSplit(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                               BufferView x, absl::Span<const MatMulOutput> outputs,
+                               int64_t n_tokens, const MatMulConfig* config) {
+  if (outputs.empty() || outputs.size() > 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RecordMatVecSplit: ", outputs.size(), " outputs, not 1 to 3"));
+  }
+  std::vector<OutputRegion> regions;
+  for (const MatMulOutput& out : outputs) regions.push_back({out.y, out.rows, 0, out.rows});
+  return RecordMatrix(cl, kernels, w, x, 0, regions, n_tokens, MatMulEpilogue::kStore, config);
 }
 
 }  // namespace duet::vk

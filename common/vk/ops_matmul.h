@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "common/model/ggml_types.h"
 #include "common/vk/buffer.h"
 #include "common/vk/command_list.h"
@@ -55,12 +56,31 @@ struct WeightView {
   int64_t row_stride = 0;
 };
 
-// Strides of x and y in elements (0: dense). A y_stride larger than w.rows with y_column > 0
-// writes into a column slice of a wider output (e.g. one head group of a fused projection).
+// What the kernel does with each row's sum s[t, r] = sum_c w[r, c] * x[t, c].
+enum class MatMulEpilogue {
+  kStore,       // y[t, r] = s[t, r]
+  kAccumulate,  // y[t, r] += s[t, r] (a residual add: y is read, then written)
+  // Matvec only (n_tokens <= matvec_max_tokens): w holds 2 * n rows, the gate projection's n
+  // rows then the up projection's n; y[t, r] = silu(s[t, r]) * s[t, n + r] for r < n, exactly
+  // what RecordSwiGlu computes from the two products (a fused FFN input).
+  kSwiGlu,
+};
+
+// Strides of x and y in elements (0: dense) and the epilogue. A y_stride larger than the output
+// rows with y_column > 0 writes into a column slice of a wider output (e.g. one head group of a
+// fused projection). The output rows are w.rows, or w.rows / 2 for kSwiGlu.
 struct MatMulLayout {
   int64_t x_stride = 0;  // elements between tokens of x; 0 = w.cols
-  int64_t y_stride = 0;  // elements between tokens of y; 0 = w.rows
-  int64_t y_column = 0;  // y[t, r] is stored at y[t * y_stride + y_column + r]
+  int64_t y_stride = 0;  // elements between tokens of y; 0 = the output rows
+  int64_t y_column = 0;  // y[t * y_stride + y_column + r]
+  MatMulEpilogue epilogue = MatMulEpilogue::kStore;
+};
+
+// One output of RecordMatVecSplit: `rows` consecutive rows of the weight, stored dense into y
+// [n_tokens, rows].
+struct MatMulOutput {
+  BufferView y;
+  int64_t rows = 0;
 };
 
 // Launch shapes, chosen per device class and overridable (tests, tuning). The defaults are
@@ -108,14 +128,34 @@ absl::Status ValidateMatMulConfig(const Device& device, const MatMulConfig& conf
 // Records y = x * w^T for n_tokens tokens into `cl`:
 //   x: f32 [n_tokens, x_stride]; view size >= MatMulActivationBytes(n_tokens, x_stride, w.cols)
 //   y: f32 [n_tokens, y_stride]; view covers element (n_tokens - 1) * y_stride + y_column +
-//      w.rows. x and y start at multiples of minStorageBufferOffsetAlignment and must not overlap.
+//      the output rows. x and y start at multiples of minStorageBufferOffsetAlignment and must
+//      not overlap.
 // Uses matvec for n_tokens <= config.matvec_max_tokens (in groups of at most 8 vectors), matmul
 // otherwise. Sums are f32. `config` null: DefaultMatMulConfig(device).
-// Errors: INVALID_ARGUMENT for an unsupported type, a bad shape, stride or alignment, or a view
-// too small; plus the errors of Kernels::Get and CommandList::Dispatch.
+// Errors: INVALID_ARGUMENT for an unsupported type, a bad shape, stride or alignment, a view
+// too small, or kSwiGlu with an odd w.rows, with n_tokens > matvec_max_tokens or with w larger
+// than one binding; plus the errors of Kernels::Get and CommandList::Dispatch.
 absl::Status RecordMatMul(CommandList& cl, const Kernels& kernels, const WeightView& w,
                           BufferView x, BufferView y, int64_t n_tokens,
                           const MatMulLayout& layout = {}, const MatMulConfig* config = nullptr);
+
+// A fused projection for decode-shaped calls: w's rows are outputs[0].rows rows, then
+// outputs[1].rows, then outputs[2].rows (e.g. the q, k and v projections uploaded back to back),
+// and each output gets its own rows, in one dispatch per group of at most 8 tokens. The results
+// are bit-identical to one RecordMatMul per part. REQUIRES what RecordMatMul requires, with x
+// dense; 1 to 3 outputs whose rows sum to w.rows; n_tokens <= config.matvec_max_tokens; w within
+// one binding (maxStorageBufferRange, config.max_chunk_bytes). Errors: INVALID_ARGUMENT
+// otherwise, plus those of RecordMatMul.
+absl::Status RecordMatVecSplit(CommandList& cl, const Kernels& kernels, const WeightView& w,
+                               BufferView x, absl::Span<const MatMulOutput> outputs,
+                               int64_t n_tokens, const MatMulConfig* config = nullptr);
+
+// The multiple that weight, x and y views of RecordMatMul must start at.
+uint64_t MatMulViewAlignment(const Device& device, const MatMulConfig& config);
+
+// The most weight bytes (whole rows) RecordMatMul binds at once: larger weights are split into
+// chunks of rows, which RecordMatVecSplit and the SwiGLU epilogue cannot take.
+uint64_t MaxMatMulBindingBytes(const Device& device, const MatMulConfig& config);
 
 // Which kernel RecordMatMul uses for n_tokens ("matvec" or "matmul"), for reports.
 std::string MatMulKernelName(const MatMulConfig& config, int64_t n_tokens);

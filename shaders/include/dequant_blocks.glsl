@@ -90,8 +90,10 @@ DuetUnit duet_load_unit_at(uint o) {
   const uint idx = o >> 4u;
   return duet_unit_from(duet_w16(idx), duet_w16(idx + 1u), duet_w16(idx + 2u), o & 15u);
 }
-// Elements 4*step .. 4*step+3 of the unit, dequantized.
-vec4 duet_unit_step(DuetUnit u, uint step) { return u.d * duet_i8x4(u.q[step]); }
+// Elements 4*step .. 4*step+3 of the unit as stored (the quants, unscaled).
+vec4 duet_unit_raw(DuetUnit u, uint step) { return duet_i8x4(u.q[step]); }
+// The same, dequantized.
+vec4 duet_unit_step(DuetUnit u, uint step) { return u.d * duet_unit_raw(u, step); }
 
 #elif defined(W_Q4_0)
 #define DUET_BLOCK_BYTES 18u
@@ -119,10 +121,10 @@ DuetUnit duet_load_unit_at(uint o) {
   const uint idx = o >> 4u;
   return duet_unit_from(duet_w16(idx), duet_w16(idx + 1u), o & 15u);
 }
-// Steps 0..3 are the low nibbles of words 0..3 (elements 0..15), steps 4..7 the high nibbles.
-vec4 duet_unit_step(DuetUnit u, uint step) {
-  return u.d * duet_nib4(u.q[step & 3u], (step >> 2u) * 4u);
-}
+// Steps 0..3 are the low nibbles of words 0..3 (elements 0..15), steps 4..7 the high nibbles;
+// unscaled (the quants minus 8), then dequantized.
+vec4 duet_unit_raw(DuetUnit u, uint step) { return duet_nib4(u.q[step & 3u], (step >> 2u) * 4u); }
+vec4 duet_unit_step(DuetUnit u, uint step) { return u.d * duet_unit_raw(u, step); }
 
 #endif  // W_Q8_0 / W_Q4_0
 

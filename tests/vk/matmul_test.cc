@@ -1,14 +1,13 @@
 // Matrix kernels (matvec.comp, matmul.comp through RecordMatMul) for F32 / F16 / Q8_0 / Q4_0
 // weights against the CPU reference (DotRow, accumulated in double).
 //
-// Tolerance: both sides dequantize exactly (f16 -> f32, one f32 multiply d * q per element), so
-// the only difference is the kernels' f32 accumulation. Each output is compared relative to its
-// row's scale S = sum_c |w[r, c] * x[t, c]|: |got - want| <= kRelTol[type] * S. The f32
-// rounding error of a K-term sum is at most K * 2^-24 * S and in practice a random walk near
-// sqrt(K) * 2^-24 * S (2e-6 * S at K = 4096); the same 2e-5 holds for every type because the
-// products are exact f32 on both sides. Outputs are poisoned with NaN first, and the padding
-// of every input is filled with NaN bit patterns, so a read of a wrong byte or a missing store
-// shows up.
+// Tolerance (RelTol): each output is compared relative to its row's scale S = sum_c |w[r, c] *
+// x[t, c]|: |got - want| <= RelTol(type) * S. Dequantization is exact on both sides (the
+// quantized matvec on CPU devices sums q * x over a block and multiplies by the block's scale
+// once), so what differs is f32 rounding: at most K * 2^-24 * S for a K-term sum and in practice
+// a random walk near sqrt(K) * 2^-24 * S (2e-6 * S at K = 4096); 2e-5 holds for every type.
+// Outputs are poisoned with NaN first, and the padding of every input is filled with NaN bit
+// patterns, so a read of a wrong byte or a missing store shows up.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,66 +20,27 @@
 #include "common/model/ggml_types.h"
 #include "common/model/quant.h"
 #include "common/vk/ops_matmul.h"
+#include "tests/vk/matmul_test_util.h"
 #include "tests/vk/vk_test_util.h"
 
 namespace duet::vk {
 namespace {
 
+using testing::Configs;
 using testing::Download;
+using testing::HostWeight;
+using testing::MakeActivations;
+using testing::MakeWeight;
 using testing::PoisonedBuffer;
 using testing::RandomFloats;
+using testing::RelTol;
 using testing::UploadBytes;
-
-double RelTol(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kQ8_0:
-    case GgmlType::kQ4_0:
-      return 2e-5;
-    default:
-      return 0.0;
-  }
-}
 
 struct Shape {
   int64_t cols;  // in
   int64_t rows;  // out
   int64_t n_tokens;
 };
-
-// A weight in its GGUF encoding plus its dequantized copy for the reference scale.
-struct HostWeight {
-  std::vector<uint8_t> bytes;  // MatMulWeightBytes, padding filled with 0xff (NaN patterns)
-  std::vector<float> values;   // [rows, cols] dequantized
-  int64_t row_bytes = 0;
-};
-
-// row_stride: bytes between rows (0 = packed); the gaps are 0xff too.
-HostWeight MakeWeight(std::mt19937& rng, GgmlType type, int64_t rows, int64_t cols,
-                      int64_t row_stride = 0) {
-  HostWeight w;
-  w.row_bytes = row_stride > 0 ? row_stride : GgmlRowBytes(type, cols);
-  w.bytes.assign(MatMulWeightBytes(type, rows, cols, row_stride), 0xff);
-  w.values.resize(static_cast<size_t>(rows * cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    const std::vector<float> row = RandomFloats(rng, static_cast<size_t>(cols), -1.0f, 1.0f);
-    uint8_t* dst = w.bytes.data() + r * w.row_bytes;
-    QuantizeRow(type, row.data(), dst, cols);
-    DequantizeRow(type, dst, w.values.data() + r * cols, cols);
-  }
-  return w;
-}
-
-// x: [n, stride] f32 with NaN between rows (stride > cols) and in the padding after the end.
-std::vector<float> MakeActivations(std::mt19937& rng, int64_t n, int64_t stride, int64_t cols) {
-  std::vector<float> x(MatMulActivationBytes(n, stride, cols) / 4, std::nanf(""));
-  for (int64_t t = 0; t < n; ++t) {
-    const std::vector<float> row = RandomFloats(rng, static_cast<size_t>(cols), -1.0f, 1.0f);
-    std::copy(row.begin(), row.end(), x.begin() + t * stride);
-  }
-  return x;
-}
 
 // Runs RecordMatMul and checks every output against DotRow, and that y outside the written
 // slice keeps its poison.
@@ -139,40 +99,6 @@ void CheckMatMul(Device& device, Kernels& kernels, CommandList& cl, std::mt19937
     }
   }
   EXPECT_EQ(failures, 0) << "worst error / scale " << worst;
-}
-
-// The configuration this device gets, and the other family, so that both code paths of each
-// shader (row per lane vs rows split across lanes; direct reads vs shared-memory tiles) run on
-// whatever device the tests have.
-std::vector<MatMulConfig> Configs(const Device& device) {
-  MatMulConfig native = DefaultMatMulConfig(device);
-  MatMulConfig other = native;
-  const uint32_t subgroup = std::max<uint32_t>(device.limits().subgroup_size, 1);
-  if (native.matvec_k_lanes == 1) {
-    other.matvec_k_lanes = std::min<uint32_t>(8, subgroup);
-    other.matvec_rows_per_lane = 1;
-    other.matvec_workgroup = std::max<uint32_t>(32, subgroup);
-  } else {
-    other.matvec_k_lanes = 1;
-    other.matvec_rows_per_lane = 2;
-  }
-  other.shared_tiles = !native.shared_tiles;
-  other.tile_rows = 32;
-  other.tile_tokens = 16;
-  other.thread_rows = 4;
-  other.thread_tokens = 2;
-  // Odd sub-tiles and rows per lane: exercises the clamping of rows and tokens at the edges.
-  MatMulConfig odd = native;
-  odd.matvec_rows_per_lane = 3;
-  odd.matvec_x_broadcast = !native.matvec_x_broadcast;
-  odd.tile_rows = 24;
-  odd.tile_tokens = 8;
-  odd.thread_rows = 3;
-  odd.thread_tokens = 1;
-  odd.shared_tiles = true;
-  // Both read paths (storage buffers, texel buffers) on every device.
-  other.texel_reads = !native.texel_reads;
-  return {native, other, odd};
 }
 
 class MatMulTest : public testing::VkTest, public ::testing::WithParamInterface<GgmlType> {};

@@ -63,16 +63,16 @@ TEST(SpirvReflectTest, TexelBufferBindingsAndTheirComponentTypes) {
   const absl::StatusOr<SpirvInterface> mv = ReflectSpirv(KernelSpirv(KernelId::kMatvecQ8_0Texel));
   ASSERT_TRUE(mv.ok()) << mv.status();
   using Component = SpirvInterface::TexelComponent;
-  // w: usamplerBuffer, x: samplerBuffer; y stays a storage buffer.
+  // w: usamplerBuffer, x: samplerBuffer; y (and the split outputs y1, y2) stay storage buffers.
   EXPECT_EQ(mv->texel_buffer_bindings,
             (std::vector<std::pair<uint32_t, Component>>{{0, Component::kUint},
                                                          {1, Component::kFloat}}));
-  EXPECT_EQ(mv->storage_buffer_bindings, (std::vector<uint32_t>{2}));
+  EXPECT_EQ(mv->storage_buffer_bindings, (std::vector<uint32_t>{2, 3, 4}));
   EXPECT_FALSE(mv->has_other_descriptors);
   const absl::StatusOr<SpirvInterface> plain = ReflectSpirv(KernelSpirv(KernelId::kMatvecQ8_0));
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_TRUE(plain->texel_buffer_bindings.empty());
-  EXPECT_EQ(plain->storage_buffer_bindings, (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(plain->storage_buffer_bindings, (std::vector<uint32_t>{0, 1, 2, 3, 4}));
 }
 
 TEST(SpirvReflectTest, RejectsGarbage) {
