@@ -1,11 +1,16 @@
 #version 450
 // RMSNorm of rows: out[r] = x[r] * (1 / sqrt(mean(x[r]^2) + eps)) * w (cpu_ref::RmsNorm).
-// One workgroup per row; each invocation sums a strided slice of squares in f32, then a
-// shared-memory tree reduction gives the row's sum. out may alias x.
+// One workgroup per row; each invocation sums a strided slice of squares in f32, subgroupAdd
+// combines a subgroup's, and (only with several subgroups) one shared-memory pass combines the
+// subgroups' sums. out may alias x.
 //   x, out: f32 [rows, n]; w: f32 [n].   Launch: Groups1D(rows).
+// The host picks the workgroup size: one subgroup on CPU drivers such as lavapipe, where a
+// barrier switches between the workgroup's subgroups in software; 256 on GPUs.
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 
-// Workgroup size: specialization constant 0, default 256 (a power of two).
+// Workgroup size: specialization constant 0, default 256 (a multiple of the subgroup size).
 layout(local_size_x_id = 0, local_size_x = 256) in;
 #define WG gl_WorkGroupSize.x
 
@@ -19,7 +24,7 @@ layout(push_constant) uniform Push {
   float eps;
 } pc;
 
-shared float partial[WG];
+shared float partial[WG];  // one per subgroup (at most WG of them)
 
 void main() {
   const uint row = duet_group_index();
@@ -31,13 +36,14 @@ void main() {
     const float v = x[base + i];
     sum += v * v;
   }
-  partial[tid] = sum;
-  barrier();
-  [[unroll]] for (uint stride = WG / 2; stride > 0; stride /= 2) {
-    if (tid < stride) partial[tid] += partial[tid + stride];
+  sum = subgroupAdd(sum);
+  if (gl_NumSubgroups > 1u) {  // uniform: the same for every invocation
+    if (subgroupElect()) partial[gl_SubgroupID] = sum;
     barrier();
+    sum = 0.0;
+    for (uint s = 0u; s < gl_NumSubgroups; ++s) sum += partial[s];
   }
-  const float mean = partial[0] / float(pc.n);
+  const float mean = sum / float(pc.n);
   const float scale = 1.0 / sqrt(mean + pc.eps);
   for (uint i = tid; i < pc.n; i += WG) {
     out_[base + i] = (x[base + i] * scale) * w[i];

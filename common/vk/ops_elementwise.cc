@@ -50,6 +50,8 @@ struct RopePush {
   uint32_t head_dim;
   uint32_t half_rope;
   uint32_t row_stride;
+  uint32_t num_heads2;
+  uint32_t row_stride2;
 };
 DUET_VK_PUSH_CONSTANTS(RopePush);
 
@@ -106,7 +108,14 @@ absl::Status RecordRmsNorm(CommandList& cl, const Kernels& kernels, BufferView x
   DUET_RETURN_IF_ERROR(CheckView(x, U64(rows) * row_bytes, kOp, "x"));
   DUET_RETURN_IF_ERROR(CheckView(out, U64(rows) * row_bytes, kOp, "out"));
   DUET_RETURN_IF_ERROR(CheckView(w, row_bytes, kOp, "w"));
-  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<RmsNormPush>(KernelId::kRmsNormF32));
+  // One subgroup per row on CPU devices (no barrier: rms_norm.comp), 256 invocations on GPUs.
+  const Device& device = kernels.device();
+  const uint32_t wg = device.info().type == DeviceType::kCpu
+                          ? std::max<uint32_t>(device.limits().subgroup_size, 1)
+                          : kWorkgroupSize;
+  const uint32_t spec[] = {wg};
+  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline,
+                        kernels.Get<RmsNormPush>(KernelId::kRmsNormF32, spec));
   DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(kernels.device().limits(), {n * 4},
                                                            kMaxRowsPerDispatch, kOp));
   const uint32_t max_x = kernels.device().limits().max_workgroup_count[0];
@@ -234,7 +243,7 @@ std::vector<uint32_t> MakeRopeTable(const ModelConfig& config,
 }
 
 absl::Status RecordRope(CommandList& cl, const Kernels& kernels, BufferView x, BufferView positions,
-                        BufferView table, const RopeShape& shape) {
+                        BufferView table, const RopeShape& shape, BufferView x2) {
   constexpr const char* kOp = "RecordRope";
   DUET_RETURN_IF_ERROR(
       CheckPositive({shape.num_tokens, shape.num_heads, shape.head_dim, shape.rope_dim}, kOp));
@@ -242,36 +251,57 @@ absl::Status RecordRope(CommandList& cl, const Kernels& kernels, BufferView x, B
     return absl::InvalidArgumentError(absl::StrCat(
         kOp, ": rope_dim ", shape.rope_dim, " must be even and <= head_dim ", shape.head_dim));
   }
+  if (shape.num_heads2 < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": num_heads2 ", shape.num_heads2, " < 0"));
+  }
   const int64_t q_dim = shape.num_heads * shape.head_dim;
   const int64_t stride = shape.row_stride == 0 ? q_dim : shape.row_stride;
+  const int64_t k_dim = shape.num_heads2 * shape.head_dim;
+  const int64_t stride2 = shape.num_heads2 == 0 ? 0 : k_dim;
   if (stride < q_dim) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": row_stride ", stride, " < num_heads * head_dim ", q_dim));
   }
   DUET_RETURN_IF_ERROR(
       CheckView(x, (U64(shape.num_tokens - 1) * U64(stride) + U64(q_dim)) * 4, kOp, "x"));
+  if (shape.num_heads2 > 0) {
+    DUET_RETURN_IF_ERROR(CheckView(x2, U64(shape.num_tokens) * U64(k_dim) * 4, kOp, "x2"));
+  }
   DUET_RETURN_IF_ERROR(CheckView(positions, U64(shape.num_tokens) * 4, kOp, "positions"));
   DUET_RETURN_IF_ERROR(CheckView(table, U64(shape.rope_dim) * 4, kOp, "table"));
   const KernelId id =
       shape.layout == RopeLayout::kNeox ? KernelId::kRopeNeoxF32 : KernelId::kRopeNormF32;
-  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<RopePush>(id));
   const Device& device = kernels.device();
-  DUET_ASSIGN_OR_RETURN(const int64_t per, RowsPerDispatch(device.limits(), {4, stride * 4},
-                                                           kMaxRowsPerDispatch, kOp));
+  // One subgroup per workgroup on CPU devices: a decode step has few (token, pair) invocations,
+  // and more workgroups keep more of the driver's threads busy.
+  const uint32_t wg = device.info().type == DeviceType::kCpu
+                          ? std::max<uint32_t>(device.limits().subgroup_size, 1)
+                          : kWorkgroupSize;
+  const uint32_t spec[] = {wg};
+  DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline, kernels.Get<RopePush>(id, spec));
+  DUET_ASSIGN_OR_RETURN(
+      const int64_t per,
+      RowsPerDispatch(device.limits(), {4, stride * 4, std::max<int64_t>(stride2, 1) * 4},
+                      kMaxRowsPerDispatch, kOp));
   for (int64_t first = 0; first < shape.num_tokens; first += per) {
     const int64_t count = std::min(per, shape.num_tokens - first);
     const uint64_t x_bytes = (U64(count - 1) * U64(stride) + U64(q_dim)) * 4;
-    const RopePush push{static_cast<uint32_t>(count), static_cast<uint32_t>(shape.num_heads),
-                        static_cast<uint32_t>(shape.head_dim),
-                        static_cast<uint32_t>(shape.rope_dim / 2), static_cast<uint32_t>(stride)};
-    const uint64_t pairs = U64(count) * U64(shape.num_heads) * U64(shape.rope_dim / 2);
+    const BufferView xs = x.Sub(U64(first) * U64(stride) * 4, x_bytes);
+    // Without a second tensor, x is bound there too (never touched: num_heads2 is 0).
+    const BufferView x2s = shape.num_heads2 > 0
+                               ? x2.Sub(U64(first) * U64(k_dim) * 4, U64(count) * U64(k_dim) * 4)
+                               : xs;
+    const RopePush push{
+        static_cast<uint32_t>(count),          static_cast<uint32_t>(shape.num_heads),
+        static_cast<uint32_t>(shape.head_dim), static_cast<uint32_t>(shape.rope_dim / 2),
+        static_cast<uint32_t>(stride),         static_cast<uint32_t>(shape.num_heads2),
+        static_cast<uint32_t>(stride2)};
+    const uint64_t invocations = U64(count) * U64(shape.rope_dim / 2);
     DUET_RETURN_IF_ERROR(cl.Dispatch(
         *pipeline,
-        {x.Sub(U64(first) * U64(stride) * 4, x_bytes),
-         positions.Sub(U64(first) * 4, U64(count) * 4), table.Sub(0, U64(shape.rope_dim) * 4)},
-        push,
-        Groups1D((pairs + kWorkgroupSize - 1) / kWorkgroupSize,
-                 device.limits().max_workgroup_count[0])));
+        {xs, positions.Sub(U64(first) * 4, U64(count) * 4), table.Sub(0, U64(shape.rope_dim) * 4),
+         x2s},
+        push, Groups1D((invocations + wg - 1) / wg, device.limits().max_workgroup_count[0])));
   }
   return absl::OkStatus();
 }

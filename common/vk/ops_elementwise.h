@@ -64,14 +64,18 @@ struct RopeShape {
   int64_t rope_dim = 0;    // even, <= head_dim; dims >= rope_dim pass through
   int64_t row_stride = 0;  // elements between tokens; 0 = num_heads * head_dim
   RopeLayout layout = RopeLayout::kNormal;
+  // Heads of a second tensor rotated in the same dispatch (a step's k beside its q); 0: none.
+  int64_t num_heads2 = 0;
 };
 
-// Rotates x in place as cpu_ref::ApplyRope does for each token t at positions[t].
+// Rotates x in place as cpu_ref::ApplyRope does for each token t at positions[t], and x2 too
+// when shape.num_heads2 > 0.
 // x: f32 [num_tokens, row_stride] whose first num_heads * head_dim elements per row are
-// [num_heads, head_dim]; positions: int32 [num_tokens] (>= 0); table: MakeRopeTable's words,
+// [num_heads, head_dim]; x2: f32 [num_tokens, num_heads2, head_dim] (dense; ignored when
+// num_heads2 is 0); positions: int32 [num_tokens] (>= 0); table: MakeRopeTable's words,
 // uint32 [rope_dim].
 absl::Status RecordRope(CommandList& cl, const Kernels& kernels, BufferView x, BufferView positions,
-                        BufferView table, const RopeShape& shape);
+                        BufferView table, const RopeShape& shape, BufferView x2 = {});
 
 }  // namespace duet::vk
 
