@@ -92,8 +92,9 @@ absl::Status VulkanEngine::UploadWeights() {
   for (const GgufTensorInfo& t : file_->tensors()) total += t.num_bytes;
   ProgressBar progress(absl::StrCat("loading onto ", device_->info().name), total);
 
-  // A 2-D weight in its GGUF type (BF16 widened to F32, which the kernels read).
-  auto matrix = [&](const GgufTensorInfo& t) -> absl::StatusOr<vk::WeightView> {
+  // The layout of a 2-D weight on the device: its GGUF type (BF16 widened to F32, which the
+  // kernels read), Q8_0 / Q4_0 rows padded to 16 bytes where the decode kernels want that.
+  auto layout = [&](const GgufTensorInfo& t) {
     vk::WeightView w;
     w.rows = t.shape[1];
     w.cols = t.shape[0];
@@ -103,26 +104,79 @@ absl::Status VulkanEngine::UploadWeights() {
     if (decode_matmul_.aligned_quant_rows && quantized && packed % 16 != 0) {
       w.row_stride = vk::AlignedRowStride(w.type, w.cols);
     }
-    const uint64_t bytes = vk::MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride);
-    DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(bytes, vk::MemoryKind::kDevice));
+    return w;
+  };
+  // Writes t's rows, laid out as `w` says, at the start of `dst`.
+  auto upload = [&](const GgufTensorInfo& t, const vk::WeightView& w,
+                    vk::BufferView dst) -> absl::Status {
     if (t.type == GgmlType::kBF16) {
       std::vector<float> widened = cpu_ref::DequantizeTensor(t);
-      DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, widened.size() * 4), widened.data()));
+      DUET_RETURN_IF_ERROR(device_->Upload(dst.Sub(0, widened.size() * 4), widened.data()));
     } else if (w.row_stride > 0) {
       // Rows padded to 16 bytes (zeros between them).
+      const int64_t packed = GgmlRowBytes(w.type, w.cols);
       std::vector<uint8_t> padded(static_cast<size_t>(w.rows * w.row_stride), 0);
       for (int64_t r = 0; r < w.rows; ++r) {
         std::memcpy(padded.data() + r * w.row_stride, t.data + r * packed,
                     static_cast<size_t>(packed));
       }
-      DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, padded.size()), padded.data()));
+      DUET_RETURN_IF_ERROR(device_->Upload(dst.Sub(0, padded.size()), padded.data()));
     } else {
-      DUET_RETURN_IF_ERROR(device_->Upload(buffer.view(0, t.num_bytes), t.data));
+      DUET_RETURN_IF_ERROR(device_->Upload(dst.Sub(0, t.num_bytes), t.data));
     }
     progress.Add(t.num_bytes);
+    return absl::OkStatus();
+  };
+  auto matrix = [&](const GgufTensorInfo& t) -> absl::StatusOr<vk::WeightView> {
+    vk::WeightView w = layout(t);
+    const uint64_t bytes = vk::MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride);
+    DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(bytes, vk::MemoryKind::kDevice));
+    DUET_RETURN_IF_ERROR(upload(t, w, buffer.view()));
     w.data = buffer.view();
     weights_.buffers.push_back(std::move(buffer));
     return w;
+  };
+  // Weights that a decode step multiplies by the same x (q | k | v, gate | up), uploaded back to
+  // back into one buffer so that one matvec reads them all: *whole covers every row, parts[i]
+  // its own. Where they cannot share a buffer (types or widths differ, a part would start
+  // misaligned, or all of them exceed one binding), each gets its own and *whole stays empty.
+  auto fused = [&](absl::Span<const GgufTensorInfo* const> tensors,
+                   absl::Span<vk::WeightView* const> parts, vk::WeightView* whole) -> absl::Status {
+    const vk::WeightView first = layout(*tensors[0]);
+    const int64_t row_bytes =
+        first.row_stride > 0 ? first.row_stride : GgmlRowBytes(first.type, first.cols);
+    const uint64_t align = vk::MatMulViewAlignment(*device_, decode_matmul_);
+    bool fits = true;
+    int64_t rows = 0;
+    for (const GgufTensorInfo* t : tensors) {
+      const vk::WeightView w = layout(*t);
+      fits &= w.type == first.type && w.cols == first.cols && w.row_stride == first.row_stride &&
+              U64(rows * row_bytes) % align == 0;
+      rows += w.rows;
+    }
+    fits &= U64(rows * row_bytes) <= vk::MaxMatMulBindingBytes(*device_, decode_matmul_);
+    if (!fits) {
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        DUET_ASSIGN_OR_RETURN(*parts[i], matrix(*tensors[i]));
+      }
+      return absl::OkStatus();
+    }
+    *whole = first;
+    whole->rows = rows;
+    const uint64_t bytes = vk::MatMulWeightBytes(first.type, rows, first.cols, first.row_stride);
+    DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(bytes, vk::MemoryKind::kDevice));
+    int64_t row0 = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      vk::WeightView w = layout(*tensors[i]);
+      const uint64_t offset = U64(row0 * row_bytes);
+      w.data = buffer.view(offset, vk::MatMulWeightBytes(w.type, w.rows, w.cols, w.row_stride));
+      DUET_RETURN_IF_ERROR(upload(*tensors[i], w, w.data));
+      *parts[i] = w;
+      row0 += w.rows;
+    }
+    whole->data = buffer.view(0, bytes);
+    weights_.buffers.push_back(std::move(buffer));
+    return absl::OkStatus();
   };
   // A small tensor as f32, repeated `copies` times.
   auto vector = [&](const GgufTensorInfo& t, int64_t copies) -> absl::StatusOr<vk::BufferView> {
@@ -149,12 +203,11 @@ absl::Status VulkanEngine::UploadWeights() {
   DUET_ASSIGN_OR_RETURN(weights_.output_norm, vector(*bound.output_norm, 1));
   for (const duet::LayerWeights& l : bound.layers) {
     LayerWeights w;
-    DUET_ASSIGN_OR_RETURN(w.q, matrix(*l.attn_q));
-    DUET_ASSIGN_OR_RETURN(w.k, matrix(*l.attn_k));
-    DUET_ASSIGN_OR_RETURN(w.v, matrix(*l.attn_v));
+    const GgufTensorInfo* const qkv[] = {l.attn_q, l.attn_k, l.attn_v};
+    DUET_RETURN_IF_ERROR(fused(qkv, {&w.q, &w.k, &w.v}, &w.qkv));
     DUET_ASSIGN_OR_RETURN(w.o, matrix(*l.attn_output));
-    DUET_ASSIGN_OR_RETURN(w.gate, matrix(*l.ffn_gate));
-    DUET_ASSIGN_OR_RETURN(w.up, matrix(*l.ffn_up));
+    const GgufTensorInfo* const gate_up[] = {l.ffn_gate, l.ffn_up};
+    DUET_RETURN_IF_ERROR(fused(gate_up, {&w.gate, &w.up}, &w.gate_up));
     DUET_ASSIGN_OR_RETURN(w.down, matrix(*l.ffn_down));
     DUET_ASSIGN_OR_RETURN(w.attn_norm, vector(*l.attn_norm, 1));
     DUET_ASSIGN_OR_RETURN(w.ffn_norm, vector(*l.ffn_norm, 1));
@@ -229,7 +282,6 @@ absl::Status VulkanEngine::EnsureActivations(int64_t rows, int64_t logit_rows, u
     DUET_ASSIGN_OR_RETURN(a.positions, NewBuffer(rr * 4, MemoryKind::kUpload));
     DUET_ASSIGN_OR_RETURN(a.x, NewBuffer(rr * U64(c.hidden_dim) * 4, MemoryKind::kDevice));
     DUET_ASSIGN_OR_RETURN(a.h, NewBuffer(rr * U64(c.hidden_dim) * 4, MemoryKind::kDevice));
-    DUET_ASSIGN_OR_RETURN(a.delta, NewBuffer(rr * U64(c.hidden_dim) * 4, MemoryKind::kDevice));
     DUET_ASSIGN_OR_RETURN(a.q, NewBuffer(rr * U64(c.q_dim()) * 4, MemoryKind::kDevice));
     DUET_ASSIGN_OR_RETURN(a.attn, NewBuffer(rr * U64(c.q_dim()) * 4, MemoryKind::kDevice));
     DUET_ASSIGN_OR_RETURN(a.k_new, NewBuffer(rr * U64(c.kv_dim()) * 4, MemoryKind::kDevice));

@@ -102,6 +102,9 @@ class VulkanEngine final : public Engine {
 
   struct LayerWeights {
     vk::WeightView q, k, v, o, gate, up, down;
+    // The same rows as one weight each (q | k | v, gate | up) for the decode-shaped steps' fused
+    // matvecs; data empty where they could not share a buffer (UploadWeights).
+    vk::WeightView qkv, gate_up;
     vk::BufferView attn_norm, ffn_norm;     // f32 [hidden]
     vk::BufferView q_bias, k_bias, v_bias;  // f32 [kBiasRows, dim]; empty without biases
   };
@@ -122,7 +125,7 @@ class VulkanEngine final : public Engine {
     int64_t logit_rows = 0;
     uint64_t table_words = 0;
     vk::Buffer tokens, positions, seq_table;  // kUpload: int32 [rows], int32 [rows], uint32
-    vk::Buffer x, h, delta;                   // f32 [rows, hidden]
+    vk::Buffer x, h;                          // f32 [rows, hidden]
     vk::Buffer q, attn;                       // f32 [rows, q_dim]
     vk::Buffer k_new, v_new;                  // f32 [rows, kv_dim]
     vk::Buffer gate, up;                      // f32 [rows, ffn]

@@ -166,6 +166,9 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
   const vk::MatMulConfig* mm = kind == StepKind::kPrefill ? &prefill_matmul_ : &decode_matmul_;
   const uint64_t kv_bytes = U64(rows * c.kv_dim()) * 4;
   const vk::BufferView table = a.seq_table.view(0, table_words * 4);
+  // Decode and verify steps run the matvec, which fuses q | k | v and gate | up + SwiGLU.
+  const bool decode_shaped = kind != StepKind::kPrefill;
+  const vk::MatMulLayout accumulate{.epilogue = vk::MatMulEpilogue::kAccumulate};
   // FP8 seals only blocks the step completes; most decode steps complete none (a dispatch
   // saved per layer, which is most of a small model's cost on a CPU device).
   bool seals = false;
@@ -201,9 +204,16 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
 
     DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), w.attn_norm, a.h.view(), rows,
                                            c.hidden_dim, c.rms_norm_eps));
-    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.q, a.h.view(), a.q.view(), rows, {}, mm));
-    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.k, a.h.view(), k_new, rows, {}, mm));
-    DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.v, a.h.view(), v_new, rows, {}, mm));
+    if (decode_shaped && !w.qkv.data.empty()) {
+      const vk::MatMulOutput qkv[] = {
+          {a.q.view(), c.q_dim()}, {k_new, c.kv_dim()}, {v_new, c.kv_dim()}};
+      DUET_RETURN_IF_ERROR(vk::RecordMatVecSplit(cl, kernels, w.qkv, a.h.view(), qkv, rows, mm));
+    } else {
+      DUET_RETURN_IF_ERROR(
+          vk::RecordMatMul(cl, kernels, w.q, a.h.view(), a.q.view(), rows, {}, mm));
+      DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.k, a.h.view(), k_new, rows, {}, mm));
+      DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.v, a.h.view(), v_new, rows, {}, mm));
+    }
     if (!w.q_bias.empty()) {
       DUET_RETURN_IF_ERROR(add_bias(a.q.view(), w.q_bias, c.q_dim()));
       DUET_RETURN_IF_ERROR(add_bias(k_new, w.k_bias, c.kv_dim()));
@@ -215,11 +225,9 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
     rope.head_dim = c.head_dim;
     rope.rope_dim = c.rope_dim;
     rope.layout = c.rope_layout;
-    DUET_RETURN_IF_ERROR(
-        vk::RecordRope(cl, kernels, a.q.view(), a.positions.view(), weights_.rope_table, rope));
-    rope.num_heads = c.num_kv_heads;
-    DUET_RETURN_IF_ERROR(
-        vk::RecordRope(cl, kernels, k_new, a.positions.view(), weights_.rope_table, rope));
+    rope.num_heads2 = c.num_kv_heads;  // k, in the same dispatch
+    DUET_RETURN_IF_ERROR(vk::RecordRope(cl, kernels, a.q.view(), a.positions.view(),
+                                        weights_.rope_table, rope, k_new));
 
     vk::AttnStep step;
     step.layout = layout_;
@@ -240,23 +248,24 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
     }
     if (kind != StepKind::kVerify) DUET_RETURN_IF_ERROR(vk::RecordKvCommit(cl, kernels, step));
 
-    const int64_t residual = rows * c.hidden_dim;
+    // The residual adds are the epilogues of the o and down projections (x += ...).
     DUET_RETURN_IF_ERROR(
-        vk::RecordMatMul(cl, kernels, w.o, a.attn.view(), a.delta.view(), rows, {}, mm));
-    DUET_RETURN_IF_ERROR(
-        vk::RecordAdd(cl, kernels, a.x.view(), a.delta.view(), a.x.view(), residual));
+        vk::RecordMatMul(cl, kernels, w.o, a.attn.view(), a.x.view(), rows, accumulate, mm));
     DUET_RETURN_IF_ERROR(vk::RecordRmsNorm(cl, kernels, a.x.view(), w.ffn_norm, a.h.view(), rows,
                                            c.hidden_dim, c.rms_norm_eps));
+    if (decode_shaped && !w.gate_up.data.empty()) {
+      DUET_RETURN_IF_ERROR(vk::RecordMatMul(cl, kernels, w.gate_up, a.h.view(), a.gate.view(), rows,
+                                            {.epilogue = vk::MatMulEpilogue::kSwiGlu}, mm));
+    } else {
+      DUET_RETURN_IF_ERROR(
+          vk::RecordMatMul(cl, kernels, w.gate, a.h.view(), a.gate.view(), rows, {}, mm));
+      DUET_RETURN_IF_ERROR(
+          vk::RecordMatMul(cl, kernels, w.up, a.h.view(), a.up.view(), rows, {}, mm));
+      DUET_RETURN_IF_ERROR(vk::RecordSwiGlu(cl, kernels, a.gate.view(), a.up.view(), a.gate.view(),
+                                            rows * c.ffn_dim));
+    }
     DUET_RETURN_IF_ERROR(
-        vk::RecordMatMul(cl, kernels, w.gate, a.h.view(), a.gate.view(), rows, {}, mm));
-    DUET_RETURN_IF_ERROR(
-        vk::RecordMatMul(cl, kernels, w.up, a.h.view(), a.up.view(), rows, {}, mm));
-    DUET_RETURN_IF_ERROR(
-        vk::RecordSwiGlu(cl, kernels, a.gate.view(), a.up.view(), a.gate.view(), rows * c.ffn_dim));
-    DUET_RETURN_IF_ERROR(
-        vk::RecordMatMul(cl, kernels, w.down, a.gate.view(), a.delta.view(), rows, {}, mm));
-    DUET_RETURN_IF_ERROR(
-        vk::RecordAdd(cl, kernels, a.x.view(), a.delta.view(), a.x.view(), residual));
+        vk::RecordMatMul(cl, kernels, w.down, a.gate.view(), a.x.view(), rows, accumulate, mm));
   }
 
   if (layer_end < c.num_layers || logits_out == LogitsOut::kNone) return absl::OkStatus();
