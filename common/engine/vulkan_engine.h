@@ -4,7 +4,9 @@
 //
 // Device memory:
 //   - weights: every 2-D tensor in its GGUF type (F32, F16, Q8_0, Q4_0; BF16 is widened to
-//     F32), one buffer each, dequantized on the fly by the matmul kernels; norms and biases
+//     F32), one buffer each except a layer's q | k | v and gate | up, which share one where they
+//     can (the decode steps' fused matvecs read them as one), dequantized on the fly by the
+//     matmul kernels; norms and biases
 //     as f32; the RoPE table (vk::MakeRopeTable).
 //   - KV: per layer K and V data [num_blocks][num_kv_heads][block_size][head_dim] and (FP8)
 //     scales [num_blocks][num_kv_heads]; the f16 tail of every slot (FP8).
