@@ -222,12 +222,24 @@ void main() {
   if (QUANT_RUNS) {
     // Whole runs of 8 blocks unrolled, so every block's byte offset in its units is a constant
     // (the shifts that line its words up cost nothing); the last num_units % 8 blocks in a loop.
+    // With several vectors the sums dominate the shifts, and unrolling R x B sums 8 times
+    // multiplies LLVM's compile time (seconds per pipeline on lavapipe): those loop instead.
     uint g = 0u;
-    for (; g + 8u <= num_units; g += 8u) {
-      start_run(g);
-      [[unroll]] for (uint k = 0u; k < 8u; ++k) {
-        next_block_of_run(k);
-        add_block(g + k);
+    if (B <= 2u) {
+      for (; g + 8u <= num_units; g += 8u) {
+        start_run(g);
+        [[unroll]] for (uint k = 0u; k < 8u; ++k) {
+          next_block_of_run(k);
+          add_block(g + k);
+        }
+      }
+    } else {
+      for (; g + 8u <= num_units; g += 8u) {
+        start_run(g);
+        for (uint k = 0u; k < 8u; ++k) {
+          next_block_of_run(k);
+          add_block(g + k);
+        }
       }
     }
     if (g < num_units) {
