@@ -220,10 +220,11 @@ void main() {
 
 #if defined(W_Q8_0) || defined(W_Q4_0)
   if (QUANT_RUNS) {
-    // Whole runs of 8 blocks unrolled, so every block's byte offset in its units is a constant
-    // (the shifts that line its words up cost nothing); the last num_units % 8 blocks in a loop.
-    // With several vectors the sums dominate the shifts, and unrolling R x B sums 8 times
-    // multiplies LLVM's compile time (seconds per pipeline on lavapipe): those loop instead.
+    // Runs of 8 blocks. With one or two vectors whole runs are unrolled, so every block's byte
+    // offset in its units is a constant (the shifts that line its words up cost nothing); with
+    // more, the sums dominate the shifts and unrolling R x B sums 8 times multiplies LLVM's
+    // compile time (seconds per pipeline on lavapipe), so their runs loop, as does a last
+    // partial run.
     uint g = 0u;
     if (B <= 2u) {
       for (; g + 8u <= num_units; g += 8u) {
@@ -233,18 +234,10 @@ void main() {
           add_block(g + k);
         }
       }
-    } else {
-      for (; g + 8u <= num_units; g += 8u) {
-        start_run(g);
-        for (uint k = 0u; k < 8u; ++k) {
-          next_block_of_run(k);
-          add_block(g + k);
-        }
-      }
     }
-    if (g < num_units) {
+    for (; g < num_units; g += 8u) {
       start_run(g);
-      for (uint k = 0u; g + k < num_units; ++k) {
+      for (uint k = 0u; k < 8u && g + k < num_units; ++k) {
         next_block_of_run(k);
         add_block(g + k);
       }
