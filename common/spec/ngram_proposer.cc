@@ -39,8 +39,16 @@ std::vector<int32_t> ProposeNgram(absl::Span<const int32_t> tokens, int64_t k,
     }
   }
   if (best_n < config.min_n) return {};
-  const int64_t stop = k >= size - best_end ? size : best_end + k;  // No overflow for huge k.
-  return std::vector<int32_t>(tokens.begin() + best_end, tokens.begin() + stop);
+  // What followed the occurrence, and past the end of the sequence the same period again: when
+  // the continuation runs into the suffix, the text repeats with period size - best_end.
+  const int64_t count = std::min(k, size);
+  const int64_t period = size - best_end;
+  std::vector<int32_t> draft;
+  draft.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    draft.push_back(i < period ? tokens[best_end + i] : draft[i - period]);
+  }
+  return draft;
 }
 
 }  // namespace duet::spec

@@ -24,8 +24,11 @@ struct NgramConfig {
 // `tokens`: the prompt followed by the generated tokens, the newest last. For n from
 // config.max_n down to config.min_n, looks for the most recent earlier occurrence of the last
 // n tokens (one that ends before the end of the sequence) and, for the first n that has one,
-// returns up to k of the tokens that followed it (fewer when the sequence ends first; the
-// continuation may run into the matched suffix itself). Empty when k <= 0 or nothing matches.
+// returns min(k, tokens.size()) of the tokens that followed it. A continuation that reaches the
+// end of the sequence goes on with the same period (the occurrence ending at `end` says the
+// text repeats every size - end tokens): a run "a b a b a b" proposes "a b a b ..." for any k
+// where plain lookup would stop after one period -- llama.cpp's lookup gets the same by
+// appending each drafted token and looking up again. Empty when k <= 0 or nothing matches.
 //
 // Cost: one backward scan that compares at most max_n tokens at each end position and stops
 // at the first occurrence of the full max_n suffix: O(tokens.size() * max_n) time in the worst

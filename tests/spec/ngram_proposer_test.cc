@@ -39,9 +39,12 @@ TEST(NgramProposerTest, MostRecentOccurrenceWins) {
   EXPECT_THAT(Propose({3, 4, 5, 3, 4, 6, 3, 4}, 1), ElementsAre(6));
 }
 
-TEST(NgramProposerTest, TruncatesAtTheEndOfTheSequence) {
-  EXPECT_THAT(Propose({1, 2, 3, 4, 2}, 10), ElementsAre(3, 4, 2));
-  EXPECT_THAT(Propose({1, 2, 3, 4, 2}, INT64_MAX), ElementsAre(3, 4, 2));
+TEST(NgramProposerTest, RepeatsThePeriodPastTheEndOfTheSequence) {
+  // "2" occurred at index 1; 3 4 2 followed and reached the end, so the text repeats with
+  // period 3. At most as many tokens as the sequence holds, however large k is.
+  EXPECT_THAT(Propose({1, 2, 3, 4, 2}, 4), ElementsAre(3, 4, 2, 3));
+  EXPECT_THAT(Propose({1, 2, 3, 4, 2}, 10), ElementsAre(3, 4, 2, 3, 4));
+  EXPECT_THAT(Propose({1, 2, 3, 4, 2}, INT64_MAX), ElementsAre(3, 4, 2, 3, 4));
 }
 
 TEST(NgramProposerTest, NoMatchOrNothingToDoGivesNothing) {
@@ -53,11 +56,12 @@ TEST(NgramProposerTest, NoMatchOrNothingToDoGivesNothing) {
 }
 
 TEST(NgramProposerTest, RepeatedPattern) {
-  // The 4-gram "2 3 1 2" ends at index 5, most recently; what follows runs into the suffix.
-  EXPECT_THAT(Propose({1, 2, 3, 1, 2, 3, 1, 2}, 5), ElementsAre(3, 1, 2));
+  // The 4-gram "2 3 1 2" ends at index 5, most recently; what follows runs into the suffix
+  // and goes on with period 3.
+  EXPECT_THAT(Propose({1, 2, 3, 1, 2, 3, 1, 2}, 5), ElementsAre(3, 1, 2, 3, 1));
   EXPECT_THAT(Propose({1, 2, 3, 1, 2, 3, 1, 2}, 2), ElementsAre(3, 1));
-  // A run of one token: the longest earlier match ends one before the end.
-  EXPECT_THAT(Propose({7, 7, 7, 7, 7, 7}, 3), ElementsAre(7));
+  // A run of one token: the longest earlier match ends one before the end (period 1).
+  EXPECT_THAT(Propose({7, 7, 7, 7, 7, 7}, 3), ElementsAre(7, 7, 7));
 }
 
 TEST(NgramProposerTest, MinNRejectsShortMatches) {
@@ -83,8 +87,11 @@ TEST(NgramProposerTest, MatchesABruteForceReference) {
         bool match = true;
         for (int64_t j = 0; j < n && match; ++j) match = t[start + j] == t[size - n + j];
         if (!match) continue;
+        // What followed, extended by appending each proposed token and copying on.
+        std::vector<int32_t> extended = t;
         const int64_t end = start + n;
-        return std::vector<int32_t>(t.begin() + end, t.begin() + std::min(size, end + k));
+        for (int64_t i = 0; i < std::min(k, size); ++i) extended.push_back(extended[end + i]);
+        return std::vector<int32_t>(extended.begin() + size, extended.end());
       }
     }
     return std::vector<int32_t>{};
