@@ -277,6 +277,10 @@ TEST_F(CliTest, BadInputGivesOneClearErrorLine) {
       {{"bench", "--model", "@tiny", "--batch", "0"}, 2, "--batch values must be in [1, 4096]"},
       {{"bench", "--model", "@tiny", "--prompt-len", "100000"}, 2, "context length"},
       {{"bench", "--model", "/nonexistent.gguf"}, 1, "/nonexistent.gguf"},
+      {{"bench-spec", "--model", "@tiny", "--speculation", "ngram", "--modes", "fixed,turbo"}, 2,
+       "--modes takes off, adaptive and/or fixed, once each, got 'fixed,turbo'"},
+      {{"bench-spec", "--model", "@tiny", "--speculation", "ngram", "--modes", "fixed,fixed"}, 2,
+       "once each, got 'fixed,fixed'"},
   };
   if (fs::exists(vocab_only)) {
     cases.push_back({{"generate", "--model", vocab_only, "--prompt", "x"}, 1, "gpt2"});

@@ -1,17 +1,18 @@
 // duet bench-spec --model FILE --speculation ngram|draft|self [--draft-model FILE]
 //   [--self-draft-type q4_0|q8_0] [--num-speculative-tokens K] [--batch 1,8] [--gen 128]
 //   [--prompt TEXT]... [--prompt-len N] [--seed N] [--backend vulkan|cpu] [--kv-dtype ...]
-//   [--repeat N] [--json FILE]
+//   [--modes adaptive,fixed] [--repeat N] [--json FILE]
 //
 // Decode throughput with speculative decoding against without, on one engine: for every batch
 // size, `batch` greedy sequences (the --prompt texts in turn, or random prompts of --prompt-len
 // tokens) decode --gen tokens together (node::GenerateBatch, the decode node's loop without
-// the scheduler), three ways: speculation off, on with the adaptive draft length (what a node
-// runs), and on drafting K tokens every step. Reports decode tokens/s, the speedup over off,
-// the acceptance rate and mean accepted length, and whether the outputs equal the plain run's
-// (they must). One untimed run of each mode builds the pipelines first; then the modes run in
-// turn, --repeat rounds, and each reports its median decode time. Acceptance counts cover every
-// run of the mode.
+// the scheduler), up to three ways: speculation off, on with the adaptive draft length (what a
+// node runs), and on drafting K tokens every step (--modes picks the last two; off always
+// runs). Reports decode tokens/s, the speedup over off, the acceptance rate and mean accepted
+// length, and whether the outputs equal the plain run's (they must). One untimed run of each
+// mode, as long as the timed ones, builds the pipelines first; then the modes run in turn,
+// --repeat rounds, and each reports its median decode time. Acceptance counts cover every run
+// of the mode.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/base/json.h"
 #include "node/batch_generate.h"
 #include "node/speculator.h"
@@ -48,7 +50,7 @@ struct ModeResult {
 
 int RunBenchSpec(const Args& args) {
   const std::string kCmd = "duet bench-spec";
-  std::string model_path, json_path, self_draft_type = "q4_0";
+  std::string model_path, json_path, self_draft_type = "q4_0", modes_flag = "adaptive,fixed";
   std::vector<std::string> texts;
   std::vector<int64_t> batches = {1, 8};
   int64_t gen = 128, prompt_len = 32, seed = 1, repeat = 3;
@@ -63,6 +65,9 @@ int RunBenchSpec(const Args& args) {
   parser.AddInt("num-speculative-tokens", &spec_options.adaptive.max_draft_tokens,
                 "most drafted tokens per step (default 4)");
   parser.AddIntList("batch", &batches, "batch sizes (default 1,8)");
+  parser.AddString("modes", &modes_flag,
+                   "modes: off (always run, the baseline), adaptive, fixed (default "
+                   "adaptive,fixed)");
   parser.AddInt("gen", &gen, "tokens generated per sequence (default 128)");
   parser.AddRepeated("prompt", &texts, "prompt text (repeatable; sequence i takes text i mod n)");
   parser.AddInt("prompt-len", &prompt_len, "random prompt length without --prompt (default 32)");
@@ -72,6 +77,17 @@ int RunBenchSpec(const Args& args) {
   AddEngineFlags(parser, &engine_flags);
   if (int rc = ParseOrExit(parser, args); rc >= 0) return rc;
   if (repeat < 1) return UsageError(kCmd, "--repeat must be >= 1");
+  std::vector<std::string> modes = {"off"};
+  for (absl::string_view m : absl::StrSplit(modes_flag, ',')) {
+    if (m == "off") continue;  // always measured: the baseline
+    if ((m != "adaptive" && m != "fixed") ||
+        std::find(modes.begin(), modes.end(), m) != modes.end()) {
+      return UsageError(kCmd,
+                        absl::StrCat("--modes takes off, adaptive and/or fixed, once each, got '",
+                                     modes_flag, "'"));
+    }
+    modes.emplace_back(m);
+  }
   if (self_draft_type != "q4_0" && self_draft_type != "q8_0") {
     return UsageError(kCmd, "--self-draft-type must be q4_0 or q8_0");
   }
@@ -107,7 +123,8 @@ int RunBenchSpec(const Args& args) {
     }
   }
   int64_t longest = 0;
-  for (const auto& p : prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  for (const auto& p : prompts)
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t positions = longest + gen + spec_options.adaptive.max_draft_tokens + 1;
   if (positions > loaded->config.context_length) {
@@ -134,20 +151,21 @@ int RunBenchSpec(const Args& args) {
     for (int64_t i = 0; i < batch; ++i) {
       batch_prompts.push_back(prompts[static_cast<size_t>(i) % prompts.size()]);
     }
-    // The three modes, each warmed up untimed (pipelines of this batch), then timed in turn
-    // --repeat times, so drift of the machine hits every mode alike.
-    const std::vector<std::string> modes = {"off", "adaptive", "fixed"};
+    // The modes, each warmed up by one untimed run of the whole length (it builds every
+    // pipeline the timed runs use: a verify's row count varies with the draft length), then
+    // timed in turn --repeat times, so drift of the machine hits every mode alike.
     std::vector<std::unique_ptr<node::Speculator>> specs(modes.size());
-    for (size_t m = 1; m < modes.size(); ++m) {
-      node::SpeculationOptions o = spec_options;
-      o.adaptive_enabled = modes[m] == "adaptive";
-      absl::StatusOr<std::unique_ptr<node::Speculator>> created =
-          node::Speculator::Create(o, engine_flags.backend, loaded->file, **engine, *options);
-      if (!created.ok()) return Fail(kCmd, created.status());
-      specs[m] = std::move(*created);
-      absl::StatusOr<node::BatchGenerateResult> warm =
-          node::GenerateBatch(**engine, specs[m].get(), batch_prompts, std::min<int64_t>(gen, 8),
-                              greedy, blocks_per_seq, 1u << 20);
+    for (size_t m = 0; m < modes.size(); ++m) {
+      if (m > 0) {
+        node::SpeculationOptions o = spec_options;
+        o.adaptive_enabled = modes[m] == "adaptive";
+        absl::StatusOr<std::unique_ptr<node::Speculator>> created =
+            node::Speculator::Create(o, engine_flags.backend, loaded->file, **engine, *options);
+        if (!created.ok()) return Fail(kCmd, created.status());
+        specs[m] = std::move(*created);
+      }
+      absl::StatusOr<node::BatchGenerateResult> warm = node::GenerateBatch(
+          **engine, specs[m].get(), batch_prompts, gen, greedy, blocks_per_seq, 1u << 20);
       if (!warm.ok()) return Fail(kCmd, warm.status());
     }
     std::vector<std::vector<double>> seconds(modes.size());
@@ -187,9 +205,9 @@ int RunBenchSpec(const Args& args) {
                   r.draft_tokens > 0 ? 100.0 * static_cast<double>(r.accepted_tokens) /
                                            static_cast<double>(r.draft_tokens)
                                      : 0.0,
-                  r.drafts > 0 ? 1.0 + static_cast<double>(r.accepted_tokens) /
-                                           static_cast<double>(r.drafts)
-                               : 0.0,
+                  r.drafts > 0
+                      ? 1.0 + static_cast<double>(r.accepted_tokens) / static_cast<double>(r.drafts)
+                      : 0.0,
                   r.identical ? "yes" : "NO");
       results.push_back(r);
     }
@@ -211,13 +229,17 @@ int RunBenchSpec(const Args& args) {
         ",\n \"model\": {\"path\": ", JsonString(model_path), ", \"name\": ", JsonString(c.name),
         ", \"weight_type\": ", JsonString(WeightTypeName(*loaded->file)),
         ", \"num_layers\": ", c.num_layers, ", \"hidden_dim\": ", c.hidden_dim,
-        ", \"vocab_size\": ", c.vocab_size, "},\n \"settings\": {\"speculation\": ",
-        JsonString(spec_options.method), ", \"draft_model\": ", JsonString(spec_options.draft_model),
+        ", \"vocab_size\": ", c.vocab_size,
+        "},\n \"settings\": {\"speculation\": ", JsonString(spec_options.method),
+        ", \"draft_model\": ", JsonString(spec_options.draft_model),
         ", \"self_draft_type\": ", JsonString(self_draft_type),
-        ", \"num_speculative_tokens\": ", spec_options.adaptive.max_draft_tokens,
-        ", \"kv_dtype\": ", JsonString(std::string(kv::CacheDtypeName((*engine)->kv_layout().dtype))),
-        ", \"vk_cpu_threads\": ", engine_flags.vk_cpu_threads,
-        ", \"gen\": ", gen, ", \"repeat\": ", repeat, ", \"prompts\": ", prompts.size(), ", \"batches\": [",
+        ", \"num_speculative_tokens\": ", spec_options.adaptive.max_draft_tokens, ", \"modes\": [",
+        absl::StrJoin(modes, ", ",
+                      [](std::string* out, const std::string& m) { out->append(JsonString(m)); }),
+        "]", ", \"kv_dtype\": ",
+        JsonString(std::string(kv::CacheDtypeName((*engine)->kv_layout().dtype))),
+        ", \"vk_cpu_threads\": ", engine_flags.vk_cpu_threads, ", \"gen\": ", gen,
+        ", \"repeat\": ", repeat, ", \"prompts\": ", prompts.size(), ", \"batches\": [",
         absl::StrJoin(batches, ", "), "]},\n \"results\": [\n  ", absl::StrJoin(rows, ",\n  "),
         "\n ]\n}\n");
     std::ofstream out(json_path, std::ios::binary | std::ios::trunc);
