@@ -355,9 +355,13 @@ int RunNodeMain(const std::string& program, v1::NodeRole role, std::vector<v1::N
     return 1;
   }
   // Builds the kernels' pipelines before the node serves, so the first request does not pay
-  // for them (seconds on lavapipe, enough to outlive a KV reservation's lease).
+  // for them (seconds on lavapipe, enough to outlive a KV reservation's lease); a decoding node
+  // that speculates builds its verify steps' too.
+  const bool verifies =
+      options->role != v1::NODE_ROLE_PREFILL && options->speculation.method != "off";
+  const int64_t verify_rows = verifies ? options->speculation.adaptive.max_draft_tokens + 1 : 0;
   const absl::Time warm_start = absl::Now();
-  if (absl::Status warm = WarmUp(*model->engine); !warm.ok()) {
+  if (absl::Status warm = WarmUp(*model->engine, verify_rows); !warm.ok()) {
     std::fprintf(stderr, "%s: engine warm-up failed: %s\n", program.c_str(),
                  warm.ToString().c_str());
     return 1;

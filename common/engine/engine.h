@@ -221,12 +221,14 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(const std::string& backend,
 
 // Runs every kind of step once on scratch blocks -- prefill chunks of 1, 12, 16, ..., 32 and
 // 64 tokens, DecodeStep and DecodeStepGreedy at every batch size up to 8, ExportKv and
-// ImportKv -- so that a
-// server builds its pipelines (seconds on lavapipe) before it reports healthy, not inside the
-// first request's lease. Uses blocks from 0 and tail slots from 0; it leaves garbage there,
-// which is harmless because they are free (a prefill overwrites what it uses). REQUIRES: no
-// sequence holds KV yet.
-absl::Status WarmUp(Engine& engine);
+// ImportKv, and with max_verify_rows >= 2 (a node that speculates: its most drafted tokens plus
+// one) VerifyBatchGreedy of every row count from 2 to max_verify_rows, VerifyBatch and
+// CommitBatch -- so that a server builds its pipelines (seconds on lavapipe) before it reports
+// healthy, not inside the first request's lease or its first speculative step (where a
+// pipeline build would also teach the adaptive speculation that verifying costs seconds).
+// Uses blocks from 0 and tail slots from 0; it leaves garbage there, which is harmless because
+// they are free (a prefill overwrites what it uses). REQUIRES: no sequence holds KV yet.
+absl::Status WarmUp(Engine& engine, int64_t max_verify_rows = 0);
 
 }  // namespace duet
 

@@ -138,8 +138,7 @@ int64_t ChooseDraftTokens(const AcceptanceTracker& seq, const StepCostModel& tar
     *best_speedup = 1;  // S(0).
     for (int64_t k = 1; k <= config.max_draft_tokens; ++k) {
       const double expected = ExpectedTokensPerStep(alpha, k);
-      const double tk =
-          target.Predict(rows + k) + static_cast<double>(k) * draft_cost_per_token_s;
+      const double tk = target.Predict(rows + k) + static_cast<double>(k) * draft_cost_per_token_s;
       // A free step (a model that predicts 0 s) makes every draft free.
       const double speedup = tk > 0 ? (expected * t0 - others * (tk - t0)) / tk : expected;
       if (speedup > *best_speedup) {
@@ -152,15 +151,17 @@ int64_t ChooseDraftTokens(const AcceptanceTracker& seq, const StepCostModel& tar
   double speedup = 1;
   const int64_t k = best(seq.rate(), &speedup);
   if (k > 0 && speedup >= config.min_speedup) return k;
-  // Probe only when speculation could pay at all: not when even drafts that are always
-  // accepted would cost more than they save (a slow draft, a compute-bound batch).
+  // Probe every probe_interval steps where speculation could pay, and kHopelessProbeFactor
+  // times less often where even drafts that are always accepted would cost more than they
+  // save (a slow draft, a compute-bound batch): the cost model learns multi-row steps only
+  // from steps that draft, so a verdict from stale or skewed observations must be re-tested.
+  if (config.probe_interval <= 0) return 0;
   double perfect = 1;
   best(1.0, &perfect);
-  if (perfect >= config.min_speedup && config.probe_interval > 0 &&
-      seq.steps_since_draft() >= config.probe_interval) {
-    return 1;
-  }
-  return 0;
+  const int64_t interval = perfect >= config.min_speedup
+                               ? config.probe_interval
+                               : kHopelessProbeFactor * config.probe_interval;
+  return seq.steps_since_draft() >= interval ? 1 : 0;
 }
 
 }  // namespace duet::spec

@@ -22,7 +22,10 @@
 // ChooseDraftTokens returns the k in [0, max_draft_tokens] with the largest S(k) (the smaller
 // k on ties) when S(k) >= min_speedup, else 0; but a sequence that has not drafted for
 // probe_interval steps gets 1 draft (a probe), so one whose text became repetitive again can
-// earn speculation back (its rate only moves on steps that draft).
+// earn speculation back (its rate only moves on steps that draft). Where not even drafts that
+// are always accepted would reach min_speedup under the cost model, probes come
+// kHopelessProbeFactor times less often, but they still come: the model sees multi-row steps
+// only when someone drafts, so a verdict from one skewed step (a stall) gets re-tested.
 //
 // Pure, deterministic arithmetic with no clock: callers measure step times and feed them to
 // StepCostModel::Observe. Not thread-safe (one scheduler thread owns these).
@@ -76,6 +79,9 @@ class StepCostModel {
   double co_rows_rows_ = 0;     // sum w (rows - mean_rows)^2
   double co_rows_seconds_ = 0;  // sum w (rows - mean_rows)(seconds - mean_seconds)
 };
+
+// How many times probe_interval a sequence waits for a probe where speculation looks hopeless.
+inline constexpr int64_t kHopelessProbeFactor = 8;
 
 struct AdaptiveConfig {
   int64_t max_draft_tokens = 4;     // In [1, 31].

@@ -234,6 +234,28 @@ TEST(ChooseDraftTokensTest, ProbesAfterProbeInterval) {
   EXPECT_EQ(ChooseDraftTokens(tracker, kMemoryBound, kDraftModelCost, 1, never), 0);
 }
 
+TEST(ChooseDraftTokensTest, HopelessCostModelStillProbesButRarely) {
+  // Verifying 2 rows costs 10x a plain step: even perfect drafts lose (S(1) = 2 / 10), so the
+  // probe waits kHopelessProbeFactor intervals -- but comes, since the model may be wrong.
+  const StepCostModel hopeless(0.0, 0.010);
+  AcceptanceTracker tracker = TrackerAt(0.9);
+  const AdaptiveConfig config;
+  EXPECT_EQ(ChooseDraftTokens(tracker, hopeless, 0.0, 1, config), 0);
+  for (int64_t step = 1; step < kHopelessProbeFactor * config.probe_interval; ++step) {
+    tracker.Record(0, 0);
+    ASSERT_EQ(ChooseDraftTokens(tracker, hopeless, 0.0, 1, config), 0) << step;
+  }
+  tracker.Record(0, 0);
+  EXPECT_EQ(ChooseDraftTokens(tracker, hopeless, 0.0, 1, config), 1);
+  // Where perfect drafts would pay, the same tracker probes after probe_interval.
+  AcceptanceTracker again = TrackerAt(0.0);
+  for (int64_t step = 0; step < config.probe_interval; ++step) again.Record(0, 0);
+  EXPECT_EQ(ChooseDraftTokens(again, kMemoryBound, 0.0, 1, config), 1);
+  AdaptiveConfig never = config;
+  never.probe_interval = 0;
+  EXPECT_EQ(ChooseDraftTokens(tracker, hopeless, 0.0, 1, never), 0);
+}
+
 TEST(ChooseDraftTokensTest, ProbeThatHitsTurnsSpeculationBackOn) {
   AcceptanceTracker tracker = TrackerAt(0.1);
   for (int step = 0; step < 16; ++step) tracker.Record(0, 0);

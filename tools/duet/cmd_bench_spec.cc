@@ -137,7 +137,7 @@ int RunBenchSpec(const Args& args) {
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       CreateEngine(engine_flags.backend, loaded->file, *options);
   if (!engine.ok()) return Fail(kCmd, engine.status());
-  if (absl::Status s = WarmUp(**engine); !s.ok()) return Fail(kCmd, s);
+  if (absl::Status s = WarmUp(**engine, spec_options.adaptive.max_draft_tokens + 1); !s.ok()) return Fail(kCmd, s);
 
   node::RequestSampling greedy;
   greedy.params.temperature = 0;
