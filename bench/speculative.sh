@@ -6,9 +6,13 @@
 #
 #   bench/speculative.sh [BUILD_DIR] [OUT_DIR]
 #
-# Runs: stories260K (../shared/models) with n-gram prompt lookup, with its own Q4_0 self-draft,
-# and with itself as the draft model (every draft accepted: the mechanism's upper bound); a
-# synthetic tiny-4k model in F16 with its Q4_0 self-draft. Vulkan (lavapipe without a GPU).
+# Runs: stories260K (../shared/models) with n-gram prompt lookup (TinyStories prompts, and a
+# repetitive prompt whose greedy continuation repeats: high acceptance), with its own Q4_0
+# self-draft, and with itself as the draft model (every draft accepted: the mechanism's upper
+# bound); a synthetic tiny-4k model in F16 with its Q4_0 self-draft; a synthetic
+# SmolLM2-135M-shaped model in F16 (random weights, whose greedy output repeats, so its
+# drafts are nearly all accepted) with its Q4_0 self-draft and with n-gram lookup, at batch 1
+# only (a pass takes ~0.1 s on lavapipe). Vulkan (lavapipe without a GPU).
 set -euo pipefail
 BUILD=${1:-build/release}
 OUT=${2:-/tmp/duet-spec-bench}
@@ -17,16 +21,22 @@ STORIES=${STORIES:-"$(dirname "$0")/../../shared/models/stories260K.gguf"}
 mkdir -p "$OUT"
 SYNTH="$OUT/tiny-4k-f16.gguf"
 [ -f "$SYNTH" ] || "$DUET" make-model --shape tiny-4k --dtype f16 --seed 7 -o "$SYNTH" >/dev/null
+SMOL="$OUT/smollm2-135m-f16.gguf"
+[ -f "$SMOL" ] || "$DUET" make-model --shape smollm2-135m --dtype f16 --seed 7 -o "$SMOL" >/dev/null
 PROMPTS=(--prompt "Once upon a time, there was a little girl named Lily."
          --prompt "One day, a boy named Tim went to the park."
          --prompt "The sun was shining and the birds were singing."
          --prompt "Tom had a big red ball.")
-run() {  # name, bench-spec flags...
+run() {  # name, bench-spec flags... (BATCH=1,8 unless set)
   local name=$1; shift
   echo "== $name"
-  "$DUET" bench-spec --backend vulkan --batch 1,8 --repeat "${REPEAT:-3}" --json "$OUT/$name.json" "$@" 2>/dev/null
+  "$DUET" bench-spec --backend vulkan --batch "${BATCH:-1,8}" --repeat "${REPEAT:-3}" --json "$OUT/$name.json" "$@" 2>/dev/null
 }
 run stories-ngram --model "$STORIES" --speculation ngram --gen 128 "${PROMPTS[@]}"
+run stories-ngram-repetitive --model "$STORIES" --speculation ngram --gen 128 \
+    --prompt "Lily said: I like the red ball. Lily said: I like the red ball. Lily said: I like the red ball."
 run stories-self-q4_0 --model "$STORIES" --speculation self --gen 128 "${PROMPTS[@]}"
 run stories-draft-itself --model "$STORIES" --speculation draft --draft-model "$STORIES" --gen 128 "${PROMPTS[@]}"
 run tiny-4k-f16-self-q4_0 --model "$SYNTH" --speculation self --gen 64 --prompt-len 32
+BATCH=1 run smollm2-135m-f16-self-q4_0 --model "$SMOL" --speculation self --gen 48 --prompt-len 16
+BATCH=1 run smollm2-135m-f16-ngram --model "$SMOL" --speculation ngram --gen 48 --prompt-len 16
