@@ -77,8 +77,9 @@ absl::Status WarmUp(Engine& engine, int64_t max_verify_rows) {
   }
   const int32_t slot_a = fp8 ? 0 : -1, slot_b = fp8 ? 1 : -1;
   std::vector<int32_t> tokens(static_cast<size_t>(prompt));
-  for (int64_t i = 0; i < prompt; ++i)
+  for (int64_t i = 0; i < prompt; ++i) {
     tokens[static_cast<size_t>(i)] = static_cast<int32_t>((7 * i + 1) % vocab);
+  }
   // One sequence is enough for the verify steps; the rest needs two.
   if (max_verify_rows >= 2) {
     DUET_RETURN_IF_ERROR(
@@ -140,7 +141,6 @@ absl::Status WarmUp(Engine& engine, int64_t max_verify_rows) {
     for (int64_t s = 0; s < batch; ++s) ++position[static_cast<size_t>(s)];
     DUET_RETURN_IF_ERROR(engine.DecodeStep(items).status());
   }
-
   return absl::OkStatus();
 }
 

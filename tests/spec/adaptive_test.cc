@@ -235,8 +235,9 @@ TEST(ChooseDraftTokensTest, ProbesAfterProbeInterval) {
 }
 
 TEST(ChooseDraftTokensTest, HopelessCostModelStillProbesButRarely) {
-  // Verifying 2 rows costs 10x a plain step: even perfect drafts lose (S(1) = 2 / 10), so the
-  // probe waits kHopelessProbeFactor intervals -- but comes, since the model may be wrong.
+  // Every row costs 10 ms and nothing else does: even drafts that are always accepted give
+  // S(k) = (k + 1) * 10 ms / ((k + 1) * 10 ms) = 1 < min_speedup, so the probe waits
+  // kHopelessProbeFactor intervals -- but comes, since the model may be wrong.
   const StepCostModel hopeless(0.0, 0.010);
   AcceptanceTracker tracker = TrackerAt(0.9);
   const AdaptiveConfig config;

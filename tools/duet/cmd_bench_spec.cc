@@ -123,8 +123,9 @@ int RunBenchSpec(const Args& args) {
     }
   }
   int64_t longest = 0;
-  for (const auto& p : prompts)
+  for (const auto& p : prompts) {
     longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  }
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t positions = longest + gen + spec_options.adaptive.max_draft_tokens + 1;
   if (positions > loaded->config.context_length) {
@@ -137,7 +138,9 @@ int RunBenchSpec(const Args& args) {
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       CreateEngine(engine_flags.backend, loaded->file, *options);
   if (!engine.ok()) return Fail(kCmd, engine.status());
-  if (absl::Status s = WarmUp(**engine, spec_options.adaptive.max_draft_tokens + 1); !s.ok()) return Fail(kCmd, s);
+  if (absl::Status s = WarmUp(**engine, spec_options.adaptive.max_draft_tokens + 1); !s.ok()) {
+    return Fail(kCmd, s);
+  }
 
   node::RequestSampling greedy;
   greedy.params.temperature = 0;
