@@ -275,7 +275,14 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
   AttnTiles t = requested;
   if (t.reads == AttnReads::kDefault) t.reads = cpu ? AttnReads::kTexel : AttnReads::kStorage;
   const bool staged = t.reads == AttnReads::kStorage;
-  if (t.keys == 0) t.keys = d <= 32 ? 32 : 16;
+  if (t.keys == 0) {
+    t.keys = d <= 32 ? 32 : 16;
+    // The texel path reads a key tile inside one pool block with one straight-line loop; a tile
+    // that spans blocks goes key by key through the general path (several times slower per key
+    // on llvmpipe), and without staging a smaller tile costs nothing. Block sizes are powers of
+    // two.
+    if (t.reads == AttnReads::kTexel) t.keys = std::min<uint32_t>(t.keys, U32(layout.block_size));
+  }
   if (t.q_pos == 0) {
     // Rows per tile: enough to amortize staging K/V (prefill); decode takes its few positions.
     const int64_t target_rows = cpu ? 64 : 32;

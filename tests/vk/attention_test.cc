@@ -370,6 +370,25 @@ TEST_F(AttentionTest, DefaultReadsFollowTheDevice) {
   }
 }
 
+// Texel reads take the one-block straight-line path only for key tiles inside a pool block, so
+// the default key tile of small heads (32 keys for head_dim <= 32) shrinks to the block size;
+// staged reads keep it.
+TEST_F(AttentionTest, TexelKeyTilesLieInOneBlock) {
+  for (CacheDtype dtype : {CacheDtype::kF16, CacheDtype::kFp8E4M3}) {
+    Build({dtype, 8, 4, 2, Kernel::kDecode, {{20, 1}}});
+    for (bool decode : {false, true}) {
+      AttnTiles texel;
+      texel.reads = AttnReads::kTexel;
+      const absl::StatusOr<AttnTiles> t = ResolveAttnTiles(device(), layout_, 8, decode, 5, texel);
+      ASSERT_TRUE(t.ok()) << t.status();
+      EXPECT_EQ(t->keys, layout_.block_size) << DtypeName(dtype) << " decode " << decode;
+      AttnTiles storage;
+      storage.reads = AttnReads::kStorage;
+      EXPECT_EQ(ResolveAttnTiles(device(), layout_, 8, decode, 5, storage)->keys, 32u);
+    }
+  }
+}
+
 TEST_F(AttentionTest, RejectsBadArguments) {
   AttnCase c{CacheDtype::kFp8E4M3, 16, 2, 2, Kernel::kPrefill, {{0, 20}}};
   Build(c);
