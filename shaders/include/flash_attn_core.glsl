@@ -402,6 +402,13 @@ void duet_load_block_row(uint first, float scale, uint part, uint j) {
     }
     return;
   }
+  if (VEC4S_PER_TEXEL % D4 == 0u && LANES == 1u) {
+    // Small heads: a key's D4 vec4s start at a multiple of D4, inside one texel; one fetch.
+    const uvec4 w = duet_cache_at4(part, at);
+    const uint c0 = at % VEC4S_PER_TEXEL;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_texel_vec4(w, c0 + i, scale);
+    return;
+  }
 #endif
   [[unroll]] for (uint i = 0u; i < DL; ++i) {
     kv_row[i] = duet_cache_vec4(part, at + row_lane + i * LANES, scale);

@@ -268,6 +268,10 @@ std::vector<AttnCase> Cases() {
     verify64.accepted = 6;
     verify64.part_size = 32;
     cases.push_back(verify64);
+    // stories260K's heads (8 elements, GQA 2): a key's K or V fits in part of one texel.
+    AttnCase verify8{dtype, 8, 4, 2, Kernel::kDecode, {{14, 5}, {126, 5}, {0, 3}}};
+    verify8.accepted = 3;
+    cases.push_back(verify8);
     // SmolLM2-135M's heads: GQA 3 (not a power of two).
     cases.push_back({dtype, 64, 3, 3, Kernel::kPrefill, {{0, 70}, {33, 20}}});
     cases.push_back({dtype, 64, 3, 3, Kernel::kDecode, {{70, 1}, {300, 1}}});
