@@ -1,5 +1,6 @@
 // duet_kernel_bench: Google Benchmark microbenchmarks of the matrix kernels (RecordMatMul) at
-// SmolLM2-135M shapes, per weight type, with the streaming-read kernel as the bandwidth ceiling.
+// SmolLM2-135M shapes, per weight type (and stories260K's F32 decode shapes at 1 and 5 vectors),
+// with the streaming-read kernel as the bandwidth ceiling.
 //
 //   duet_kernel_bench [--benchmark_filter=REGEX] [--benchmark_repetitions=3]
 //                     [--benchmark_format=json --benchmark_out=FILE]
@@ -185,6 +186,7 @@ void BM_MatMul(benchmark::State& state, GgmlType type, int64_t rows, int64_t col
 // SmolLM2-135M projections as {rows (out), cols (in)}: q/o (576x576), gate/up (1536x576),
 // down (576x1536), and the tied output projection (49152x576).
 constexpr int64_t kShapes[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
+constexpr int64_t kSmallShapes[][2] = {{128, 64}, {344, 64}, {64, 172}, {512, 64}};
 constexpr GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16, GgmlType::kF32};
 
 void RegisterAll() {
@@ -208,6 +210,18 @@ void RegisterAll() {
               ->UseRealTime();
         }
       }
+    }
+  }
+  // stories260K's F32 decode matvecs (q | k | v, gate | up, down, output) for a plain decode
+  // step (1 vector) and a speculative verify of 4 drafts (5 vectors).
+  for (const auto& shape : kSmallShapes) {
+    for (int64_t tokens : {1, 5}) {
+      const std::string name =
+          absl::StrCat("matvec/f32/", shape[1], "x", shape[0], "/tokens:", tokens);
+      benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, GgmlType::kF32, shape[0], shape[1],
+                                   tokens)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   }
 }

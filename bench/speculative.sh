@@ -7,7 +7,8 @@
 #   bench/speculative.sh [BUILD_DIR] [OUT_DIR]
 #
 # Runs: stories260K (../shared/models) with n-gram prompt lookup (TinyStories prompts, and a
-# repetitive prompt whose greedy continuation repeats: high acceptance), with its own Q4_0
+# repetitive prompt whose greedy continuation repeats: high acceptance; 5 rounds, and once more
+# at batch 1 with lavapipe's dispatches inline), with its own Q4_0
 # self-draft, and with itself as the draft model (every draft accepted: the mechanism's upper
 # bound); a synthetic tiny-4k model in F16 with its Q4_0 self-draft; a synthetic
 # SmolLM2-135M-shaped model in F16 (random weights, whose greedy output repeats, so its
@@ -33,8 +34,14 @@ run() {  # name, bench-spec flags... (BATCH=1,8 unless set)
   "$DUET" bench-spec --backend vulkan --batch "${BATCH:-1,8}" --repeat "${REPEAT:-3}" --json "$OUT/$name.json" "$@" 2>/dev/null
 }
 run stories-ngram --model "$STORIES" --speculation ngram --gen 128 "${PROMPTS[@]}"
-run stories-ngram-repetitive --model "$STORIES" --speculation ngram --gen 128 \
-    --prompt "Lily said: I like the red ball. Lily said: I like the red ball. Lily said: I like the red ball."
+REPETITIVE="Lily said: I like the red ball. Lily said: I like the red ball. Lily said: I like the red ball."
+REPEAT=${REPEAT:-5} run stories-ngram-repetitive --model "$STORIES" --speculation ngram --gen 128 \
+    --prompt "$REPETITIVE"
+# The same with lavapipe running each dispatch on the calling thread (--vk-cpu-threads 0): a
+# plain step of this tiny model is ~3x faster there (no worker wake-ups per dispatch), so the
+# extra compute of the verify rows weighs more.
+BATCH=1 REPEAT=${REPEAT:-5} run stories-ngram-repetitive-inline --vk-cpu-threads 0 \
+    --model "$STORIES" --speculation ngram --gen 128 --prompt "$REPETITIVE"
 run stories-self-q4_0 --model "$STORIES" --speculation self --gen 128 "${PROMPTS[@]}"
 run stories-draft-itself --model "$STORIES" --speculation draft --draft-model "$STORIES" --gen 128 "${PROMPTS[@]}"
 run tiny-4k-f16-self-q4_0 --model "$SYNTH" --speculation self --gen 64 --prompt-len 32
