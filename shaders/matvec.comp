@@ -313,8 +313,12 @@ void main() {
 
   [[unroll]] for (uint r = 0u; r < R; ++r) {
     [[unroll]] for (uint b = 0u; b < B; ++b) {
-      [[unroll]] for (uint m = K_LANES / 2u; m > 0u; m /= 2u) {
-        acc[r][b] += subgroupShuffleXor(acc[r][b], m);
+      // A loop with a constant trip count (K_LANES <= 32): a halving loop has none that the
+      // compiler derives, stays a loop, and makes every acc access around it indirect (on
+      // lavapipe: a per-lane scatter to scratch memory for each of the R x B sums, every step).
+      [[unroll]] for (uint i = 1u; i <= 5u; ++i) {
+        const uint m = K_LANES >> i;
+        if (m > 0u) acc[r][b] += subgroupShuffleXor(acc[r][b], m);
       }
     }
   }
