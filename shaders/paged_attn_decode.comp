@@ -4,10 +4,14 @@
 // own position num_cached + i). The keys 0..end-1 are cut into partitions of part_size positions
 // (aligned to absolute positions, so a sequence's result does not depend on its batch); each
 // workgroup folds one partition for one query tile and one KV head (include/flash_attn_core.glsl)
-// and writes unnormalized partial results, which paged_attn_reduce.comp combines.
+// and writes unnormalized partial results, which paged_attn_reduce.comp combines. A row whose
+// keys fit one partition (position < part_size) is finished here: the workgroup writes its
+// output with the reduce's arithmetic for one partition, and the reduce skips it (the host
+// skips the reduce when every row is such), saving a dispatch per layer for short contexts.
 //   q, k_new, v_new, k_cache, v_cache, k_scales, v_scales, tail, seqs: as flash_attn_prefill.comp
 //   partial_acc: f32 [rows, num_heads, max_parts, head_dim]  (sum of p * v, relative to m)
 //   partial_ml:  f32 [rows, num_heads, max_parts, 2]         (m = max score, l = sum of p)
+//   out:         f32 [rows, num_heads, head_dim]              (rows with position < part_size)
 //   Launch: (max_parts, num_kv_heads * max query tiles per sequence, num_seqs).
 //   REQUIRES: part_size % BC == 0; max_parts >= ceil(end / part_size) for every sequence.
 #extension GL_KHR_shader_subgroup_shuffle : require
@@ -23,10 +27,17 @@ layout(push_constant) uniform Push {
   uint max_parts;
 } pc;
 
+#if defined(ATTN_TEXEL)
+// Query tiles start at the sequence's first pending position, not at a multiple of Q_POS: the
+// k + 1 rows of a verify fill one tile instead of straddling two (each texel-path row folds its
+// keys on its own, so where a tile starts changes no row's arithmetic).
+#define ATTN_TILES_AT_CACHED
+#endif
 #include "flash_attn_core.glsl"
 
 layout(std430, set = 0, binding = 9) writeonly buffer PartialAcc { vec4 partial_acc[]; };
 layout(std430, set = 0, binding = 10) writeonly buffer PartialMl { vec2 partial_ml[]; };
+layout(std430, set = 0, binding = 11) writeonly buffer Out { vec4 out_[]; };
 
 void main() {
   const uint kv_head = gl_WorkGroupID.y % pc.num_kv_heads;
@@ -40,6 +51,14 @@ void main() {
   duet_attend(t, part_begin, min(part_begin + pc.part_size, keys_end));
   if (row_pos < 0) return;
   const uint out_row = t.q_offset + uint(row_pos) - t.cached;
+  if (uint(row_pos) < pc.part_size) {
+    // paged_attn_reduce.comp's sums for a single partition, term for term (m = row_m).
+    const float e = exp(row_m - row_m);
+    const float l = 0.0 + row_l * e;
+    const uint o = (out_row * pc.num_heads + row_head) * D4 + row_lane;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) out_[o + i * LANES] = (vec4(0.0) + row_acc[i] * e) / l;
+    return;
+  }
   const uint at = (out_row * pc.num_heads + row_head) * pc.max_parts + part;
   [[unroll]] for (uint i = 0u; i < DL; ++i) {
     partial_acc[at * D4 + row_lane + i * LANES] = row_acc[i];

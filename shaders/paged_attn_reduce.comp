@@ -27,6 +27,7 @@ void main() {
   const uint i = gl_WorkGroupID.x;
   if (i >= seqs[base + DUET_SEQ_NUM_NEW]) return;
   const uint pos = seqs[base + DUET_SEQ_NUM_CACHED] + i;
+  if (pos < pc.part_size) return;  // one partition: paged_attn_decode.comp wrote the row
   const uint row = seqs[base + DUET_SEQ_Q_OFFSET] + i;
   const uint head = gl_WorkGroupID.y;
   const uint num_parts = pos / pc.part_size + 1u;

@@ -232,9 +232,12 @@ std::vector<uint32_t> SpecConstants(const AttnTiles& t, const KvLayout& layout, 
           t.keys,      U32(layout.block_size), t.lanes_per_row};
 }
 
-// Query tiles of a sequence for tiles of q_pos positions aligned to absolute positions.
-int64_t QueryTiles(const AttnSequence& s, uint32_t q_pos) {
+// Query tiles of a sequence for tiles of q_pos positions aligned to absolute positions, or
+// (texel decode: paged_attn_decode.comp's ATTN_TILES_AT_CACHED) starting at its first pending
+// position.
+int64_t QueryTiles(const AttnSequence& s, uint32_t q_pos, bool at_cached = false) {
   if (s.num_new == 0) return 0;
+  if (at_cached) return (s.num_new + q_pos - 1) / q_pos;
   return (s.num_cached + s.num_new - 1) / q_pos - s.num_cached / q_pos + 1;
 }
 
@@ -483,7 +486,10 @@ absl::Status RecordPagedAttnDecode(CommandList& cl, const Kernels& kernels, cons
   DUET_RETURN_IF_ERROR(
       CheckView(scratch, PagedAttnDecodeScratchBytes(step, num_heads, options), kOp, "scratch"));
   int64_t max_tiles = 0;
-  for (const AttnSequence& s : step.seqs) max_tiles = std::max(max_tiles, QueryTiles(s, t.q_pos));
+  const bool at_cached = t.reads == AttnReads::kTexel;
+  for (const AttnSequence& s : step.seqs) {
+    max_tiles = std::max(max_tiles, QueryTiles(s, t.q_pos, at_cached));
+  }
   if (max_tiles == 0) return absl::OkStatus();
   const int64_t max_parts = MaxParts(step, options.part_size);
   const uint64_t acc_bytes = AccBytes(step, num_heads, max_parts);
@@ -505,10 +511,12 @@ absl::Status RecordPagedAttnDecode(CommandList& cl, const Kernels& kernels, cons
                         U32(max_parts)};
   DUET_RETURN_IF_ERROR(cl.Dispatch(*pipeline,
                                    {q, step.k_new, step.v_new, c.k_data, c.v_data, c.k_scales,
-                                    c.v_scales, c.tail, step.seq_table, acc, ml},
+                                    c.v_scales, c.tail, step.seq_table, acc, ml, out},
                                    push,
                                    Groups{U32(max_parts), U32(layout.num_kv_heads * max_tiles),
                                           U32(static_cast<int64_t>(step.seqs.size()))}));
+  // Rows within the first partition are done; the reduce finishes the others.
+  if (max_parts == 1) return absl::OkStatus();
   const uint32_t reduce_spec[] = {kReduceWorkgroup};
   DUET_ASSIGN_OR_RETURN(const Pipeline* reduce,
                         kernels.Get<ReducePush>(KernelId::kPagedAttnReduce, reduce_spec));

@@ -182,7 +182,11 @@ AttnTile duet_load_tile(uint s, uint kv_head, uint tile_index) {
   t.tail_slot = seqs[base + DUET_SEQ_TAIL_SLOT];
   t.table = seqs[base + DUET_SEQ_TABLE_OFFSET];
   t.kv_head = kv_head;
+#if defined(ATTN_TILES_AT_CACHED)
+  t.tile_pos = t.cached + tile_index * Q_POS;
+#else
   t.tile_pos = (t.cached / Q_POS + tile_index) * Q_POS;
+#endif
   return t;
 }
 
@@ -251,10 +255,10 @@ vec4 duet_load_pending(AttnTile t, uint part, uint key, uint d4) {
 #endif
 }
 
-// Any key, by the rules in the file comment.
-vec4 duet_load_kv(AttnTile t, uint part, uint key, uint d4) {
+// Any key, by the rules in the file comment, for a query in block `own_block`.
+vec4 duet_load_kv(AttnTile t, uint part, uint key, uint d4, uint own_block) {
 #if defined(KV_FP8)
-  if (key / BLOCK_SIZE < t.tile_pos / BLOCK_SIZE) return duet_load_pool(t, part, key, d4);
+  if (key / BLOCK_SIZE < own_block) return duet_load_pool(t, part, key, d4);
   if (key < t.cached) {
     const uint at = ((((t.tail_slot * pc.num_layers + pc.layer) * 2u + part) * pc.num_kv_heads +
                       t.kv_head) * BLOCK_SIZE + key % BLOCK_SIZE) * D4 + d4;
@@ -294,9 +298,11 @@ const uint kMixed = 2u;
 uint duet_tile_source(AttnTile t, uint k0, uint key_begin, uint key_end) {
   const bool inside = k0 >= key_begin && k0 + BC <= key_end;
 #if defined(KV_FP8)
-  const uint own_block = t.tile_pos / BLOCK_SIZE;
-  if (inside && (k0 + BC - 1u) / BLOCK_SIZE < own_block) return kFromPool;
-  if (inside && k0 >= t.cached && k0 / BLOCK_SIZE >= own_block) return kFromPending;
+  // The blocks of the tile's first and last query (the same for tiles aligned to Q_POS).
+  const uint first_block = t.tile_pos / BLOCK_SIZE;
+  const uint last_block = (min(t.tile_pos + Q_POS, t.end) - 1u) / BLOCK_SIZE;
+  if (inside && (k0 + BC - 1u) / BLOCK_SIZE < first_block) return kFromPool;
+  if (inside && k0 >= t.cached && k0 / BLOCK_SIZE >= last_block) return kFromPending;
 #else
   if (inside && k0 + BC <= t.cached) return kFromPool;
   if (inside && k0 >= t.cached) return kFromPending;
@@ -331,8 +337,8 @@ void duet_stage_tile(AttnTile t, uint source, uint k0, uint key_begin, uint key_
       vec4 k = vec4(0.0);
       vec4 v = vec4(0.0);
       if (key >= key_begin && key < key_end) {
-        k = duet_load_kv(t, 0u, key, e % D4);
-        v = duet_load_kv(t, 1u, key, e % D4);
+        k = duet_load_kv(t, 0u, key, e % D4, t.tile_pos / BLOCK_SIZE);
+        v = duet_load_kv(t, 1u, key, e % D4, t.tile_pos / BLOCK_SIZE);
       }
       k_tile[e] = k;
       v_tile[e] = v;
@@ -420,9 +426,13 @@ void duet_load_pending_row(AttnTile t, uint part, uint key) {
   [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_load_pending(t, part, key, row_lane + i * LANES);
 }
 
-// Fills kv_row with K or V of any key, by the rules in the file comment.
+// Fills kv_row with K or V of any key, by the rules in the file comment, as the row's own query
+// sees it (a tile that starts at num_cached may hold rows of two blocks).
 void duet_load_any_row(AttnTile t, uint part, uint key) {
-  [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_load_kv(t, part, key, row_lane + i * LANES);
+  const uint own_block = uint(max(row_pos, int(t.tile_pos))) / BLOCK_SIZE;
+  [[unroll]] for (uint i = 0u; i < DL; ++i) {
+    kv_row[i] = duet_load_kv(t, part, key, row_lane + i * LANES, own_block);
+  }
 }
 
 // Folds one key, whose K is in kv_row, into the row's running state; returns p and sets alpha
