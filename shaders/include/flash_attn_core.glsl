@@ -5,7 +5,9 @@
 // head (grouped-query attention: query head h uses KV head h / GROUP). Row r of the tile is
 // position tile_pos + r / GROUP, query head kv_head * GROUP + r % GROUP. Tiles are aligned to
 // absolute positions (tile_pos % Q_POS == 0), so a row's arithmetic does not depend on how a
-// prompt was split into chunks or what else is in the batch.
+// prompt was split into chunks or what else is in the batch. Exception: with
+// ATTN_TILES_AT_CACHED (texel decode, where each row folds its keys alone, so the tile start
+// changes no row's arithmetic) tiles start at num_cached and may hold rows of two blocks.
 //
 // The workgroup walks key tiles of BC positions (aligned to multiples of BC) over a key range,
 // staging K and V in shared memory as f32 (dequantized once, on load). Each row belongs to
@@ -23,9 +25,9 @@
 // Which value a key has (common/kv/paged_kv.h): keys < num_cached are read from the cache, keys
 // >= num_cached from the step's pending rows (k_new, v_new), rounded as the cache will store
 // them (f16 for KV_F16 and KV_FP8, exact for KV_F32). For KV_FP8, keys in blocks before the
-// query tile's own block read the sealed FP8 block (code * scale); keys in the own block read
-// f16 (the tail when committed). REQUIRES (host, KV_FP8): BLOCK_SIZE % Q_POS == 0, so a query
-// tile lies in one block. Key tiles entirely in the pool or entirely pending take straight-line
+// query's own block read the sealed FP8 block (code * scale); keys in the own block read f16
+// (the tail when committed). REQUIRES (host, KV_FP8): BLOCK_SIZE % Q_POS == 0, so an aligned
+// query tile lies in one block (the texel path applies the rule per row). Key tiles entirely in the pool or entirely pending take straight-line
 // load paths; tiles that mix sources go through the general per-key path.
 //
 // ATTN_TEXEL (CPU drivers; AttnTiles::reads): q, K and V are read through uniform texel buffers
