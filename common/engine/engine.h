@@ -164,7 +164,9 @@ class Engine {
   virtual absl::StatusOr<std::vector<int32_t>> VerifyBatchGreedy(
       absl::Span<const VerifyItem> batch) = 0;
   // Commits the first `accepted` positions of each item's pending Verify (0 <= accepted <=
-  // k + 1), in one submission where the backend can. Every item is checked first (the errors of
+  // k + 1). A backend may queue the device work for its next call that touches the KV (the
+  // Vulkan engine records it into that call's submission); every later call sees it committed,
+  // and a failure to run it fails that call. Every item is checked first (the errors of
   // Commit, plus INVALID_ARGUMENT for two items of one sequence); on an error nothing is
   // committed and every pending Verify stays pending.
   virtual absl::Status CommitBatch(absl::Span<const CommitItem> batch) = 0;

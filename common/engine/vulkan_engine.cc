@@ -424,28 +424,25 @@ absl::StatusOr<std::vector<int32_t>> VulkanEngine::VerifyBatchGreedy(
 absl::Status VulkanEngine::CommitBatch(absl::Span<const CommitItem> batch) {
   DUET_RETURN_IF_ERROR(gate_.CheckIdle("Commit"));
   DUET_ASSIGN_OR_RETURN(const auto entries, verifies_.FindAll(batch));
-  // One submission per stash (usually one: the step's VerifyBatch).
-  std::vector<const Stash*> stashes;
-  std::vector<std::vector<vk::AttnSequence>> groups;
+  // One queued commit per stash (usually one: the step's VerifyBatch); it runs at the start of
+  // the next call that touches the KV.
+  const size_t first = queued_commits_.size();
   for (size_t i = 0; i < batch.size(); ++i) {
     if (batch[i].accepted == 0) continue;
     const Stash& stash = entries[i]->payload;
-    size_t g = 0;
-    while (g < stashes.size() && stashes[g]->buffer != stash.buffer) ++g;
-    if (g == stashes.size()) {
-      stashes.push_back(&stash);
-      groups.emplace_back();
+    size_t g = first;
+    while (g < queued_commits_.size() && queued_commits_[g].stash.buffer != stash.buffer) ++g;
+    if (g == queued_commits_.size()) {
+      queued_commits_.emplace_back();
+      queued_commits_.back().stash = stash;
     }
-    vk::AttnSequence s;
-    s.q_offset = stash.row0;
-    s.num_new = batch[i].accepted;
+    QueuedCommit::Seq s;
+    s.row0 = stash.row0;
+    s.accepted = batch[i].accepted;
     s.num_cached = batch[i].seq.num_cached;
     s.tail_slot = batch[i].seq.tail_slot;
-    s.block_table = batch[i].seq.block_table;
-    groups[g].push_back(s);
-  }
-  for (size_t g = 0; g < groups.size(); ++g) {
-    DUET_RETURN_IF_ERROR(SubmitVerifyCommit(groups[g], *stashes[g]));
+    s.block_table = entries[i]->block_table;
+    queued_commits_[g].seqs.push_back(std::move(s));
   }
   for (const CommitItem& item : batch) verifies_.Forget(item.seq);
   return absl::OkStatus();

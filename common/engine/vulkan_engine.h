@@ -16,8 +16,12 @@
 //     of them is committed or dropped.
 //
 // Each call records its whole step (embedding, every layer, final norm, logits, and argmax for
-// DecodeStepGreedy and VerifyBatchGreedy) into one command list and submits it once (a
-// CommitBatch is one more submission per VerifyBatch it commits from); a Prefill longer than
+// DecodeStepGreedy and VerifyBatchGreedy) into one command list and submits it once; a
+// CommitBatch submits nothing: its per-layer commit of the accepted rows is recorded at the
+// start of the engine's next call that touches the KV (a step, in that step's submission, so a
+// speculative step costs one submission, not two; ExportKv, ImportKv and an observed Prefill
+// submit it on its own first). A commit that cannot be submitted makes that call fail and stays
+// queued. A Prefill longer than
 // kMaxPrefillChunk tokens is run as several chunks (one submit each). Decode-shaped steps
 // (DecodeStep, Verify) always use the matrix-vector kernel and split-K attention with a fixed
 // partition size, so a sequence's results do not depend on the rest of its batch.
@@ -201,8 +205,25 @@ class VulkanEngine final : public Engine {
   // Copies logits or ids of a finished step to the host.
   void ReadResults(const PreparedStep& step, bool greedy, std::vector<float>* floats,
                    std::vector<int32_t>* ids) const;
-  // Records and submits the per-layer commit of pending Verify rows, all in `stash`.
-  absl::Status SubmitVerifyCommit(absl::Span<const vk::AttnSequence> seqs, const Stash& stash);
+  // A CommitBatch's commit of accepted Verify rows, all in one stash, queued until the next
+  // call that touches the KV (file comment).
+  struct QueuedCommit {
+    struct Seq {
+      std::vector<int32_t> block_table;
+      int64_t row0 = 0;  // the sequence's first row in the stash
+      int64_t num_cached = 0;
+      int64_t accepted = 0;
+      int32_t tail_slot = -1;
+    };
+    std::vector<Seq> seqs;
+    Stash stash;  // keeps the rows alive
+  };
+  // Records every queued commit into `cl` (their sequence tables go to commit_tables_), ahead
+  // of whatever `cl` records next. The caller submits `cl` and then drops the queue.
+  absl::Status RecordQueuedCommits(vk::CommandList& cl);
+  // Submits the queued commits on their own (before a call that reads or overwrites the KV
+  // outside a step); a no-op when none is queued.
+  absl::Status FlushQueuedCommits();
   absl::StatusOr<std::vector<float>> VerifyLogits(absl::Span<const VerifyItem> batch, bool greedy,
                                                   std::vector<int32_t>* ids);
   // Discards a failed recording (a fresh command list; the half-recorded one never runs).
@@ -239,6 +260,8 @@ class VulkanEngine final : public Engine {
   KvBuffers kv_;
   Activations act_;
   engine_internal::PendingVerifies<Stash> verifies_;
+  std::vector<QueuedCommit> queued_commits_;
+  vk::Buffer commit_tables_;  // kUpload: the queued commits' sequence tables, back to back
   engine_internal::ObserverGate gate_;
   vk::Buffer order_marker_;    // target of the no-op fills that open layer groups
   vk::Buffer export_staging_;  // kReadback, grown on demand

@@ -101,6 +101,9 @@ absl::StatusOr<std::vector<uint8_t>> VulkanEngine::ExportKv(const SequenceRef& s
   DUET_RETURN_IF_ERROR(gate_.CheckExport(num_tokens, rect));
   DUET_RETURN_IF_ERROR(
       kv::ValidateRectTarget(layout_, num_tokens, rect, seq.block_table, seq.tail_slot));
+  // Queued commits may write these cells (none is queued while an observed Prefill runs: it
+  // flushed them, and Commit waits for it).
+  DUET_RETURN_IF_ERROR(FlushQueuedCommits());
   const std::vector<kv::KvCell> cells =
       kv::PayloadCells(layout_, num_tokens, rect, seq.block_table);
   std::vector<uint8_t> payload(static_cast<size_t>(kv::KvPayloadBytes(layout_, num_tokens, rect)));
@@ -121,6 +124,8 @@ absl::Status VulkanEngine::ImportKv(const SequenceRef& seq, int64_t num_tokens,
   const std::vector<kv::KvCell> cells =
       kv::PayloadCells(layout_, num_tokens, rect, seq.block_table);
   DUET_RETURN_IF_ERROR(kv::CheckPayload(layout_, num_tokens, rect, cells, payload));
+  // A queued commit into these cells (blocks freed and reused) must not land after the import.
+  DUET_RETURN_IF_ERROR(FlushQueuedCommits());
   DUET_RETURN_IF_ERROR(
       TransferKv(KvCopies(cells, seq.tail_slot), payload.data(), nullptr, payload.size()));
   verifies_.ForgetBlocks(

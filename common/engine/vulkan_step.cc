@@ -14,6 +14,7 @@ namespace duet {
 namespace {
 
 uint64_t U64(int64_t v) { return static_cast<uint64_t>(v); }
+uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 }  // namespace
 
@@ -63,15 +64,21 @@ absl::Status VulkanEngine::RunStep(StepKind kind, absl::Span<const StepSeq> seqs
                                    const PrefillObserver* observer) {
   if (cl_ == nullptr) ResetCommandList();
   if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+  if (observer != nullptr) DUET_RETURN_IF_ERROR(FlushQueuedCommits());
   DUET_ASSIGN_OR_RETURN(const PreparedStep step, PrepareStep(kind, seqs, logits_out));
   if (observer == nullptr) {
-    if (absl::Status status =
-            RecordStep(*cl_, kind, step, 0, config_.num_layers, logits_out, greedy, stash);
-        !status.ok()) {
+    // Queued commits first, in the same submission (the list orders every dispatch after the
+    // previous one).
+    absl::Status status = RecordQueuedCommits(*cl_);
+    if (status.ok()) {
+      status = RecordStep(*cl_, kind, step, 0, config_.num_layers, logits_out, greedy, stash);
+    }
+    if (!status.ok()) {
       ResetCommandList();
       return status;
     }
     DUET_RETURN_IF_ERROR(cl_->Submit());
+    queued_commits_.clear();
   } else {
     const StepSeq& s = seqs[0];  // a prefill: one sequence
     DUET_RETURN_IF_ERROR(RunLayerGroups(step, logits_out, *observer,
@@ -298,28 +305,61 @@ absl::Status VulkanEngine::RecordStep(vk::CommandList& cl, StepKind kind,
   return absl::OkStatus();
 }
 
-absl::Status VulkanEngine::SubmitVerifyCommit(absl::Span<const vk::AttnSequence> seqs,
-                                              const Stash& stash) {
-  if (cl_ == nullptr) ResetCommandList();
-  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
-  const std::vector<uint32_t> table = vk::EncodeSequenceTable(seqs);
-  DUET_RETURN_IF_ERROR(EnsureActivations(0, 0, table.size(), 0));
-  std::memcpy(act_.seq_table.mapped(), table.data(), table.size() * 4);
-  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-    vk::AttnStep step;
-    step.layout = layout_;
-    step.layer = layer;
-    step.cache = CacheViews(layer);
-    step.seqs = seqs;
-    step.seq_table = act_.seq_table.view(0, U64(table.size()) * 4);
-    step.k_new = stash.buffer->view(stash.Offset(layer, 0), stash.stride);
-    step.v_new = stash.buffer->view(stash.Offset(layer, 1), stash.stride);
-    if (absl::Status status = vk::RecordKvCommit(*cl_, *kernels_, step); !status.ok()) {
-      ResetCommandList();
-      return status;
+absl::Status VulkanEngine::RecordQueuedCommits(vk::CommandList& cl) {
+  if (queued_commits_.empty()) return absl::OkStatus();
+  const uint64_t align = device_->limits().min_storage_buffer_offset_alignment;
+  std::vector<std::vector<vk::AttnSequence>> seqs(queued_commits_.size());
+  std::vector<std::vector<uint32_t>> tables(queued_commits_.size());
+  std::vector<uint64_t> offsets(queued_commits_.size());
+  uint64_t bytes = 0;
+  for (size_t c = 0; c < queued_commits_.size(); ++c) {
+    for (const QueuedCommit::Seq& q : queued_commits_[c].seqs) {
+      vk::AttnSequence s;
+      s.q_offset = q.row0;
+      s.num_new = q.accepted;
+      s.num_cached = q.num_cached;
+      s.tail_slot = q.tail_slot;
+      s.block_table = q.block_table;
+      seqs[c].push_back(s);
+    }
+    tables[c] = vk::EncodeSequenceTable(seqs[c]);
+    offsets[c] = bytes;
+    bytes = RoundUp(bytes + U64(static_cast<int64_t>(tables[c].size())) * 4, align);
+  }
+  if (bytes > commit_tables_.size()) {
+    DUET_ASSIGN_OR_RETURN(commit_tables_, NewBuffer(2 * bytes, vk::MemoryKind::kUpload));
+  }
+  for (size_t c = 0; c < queued_commits_.size(); ++c) {
+    const uint64_t table_bytes = U64(static_cast<int64_t>(tables[c].size())) * 4;
+    std::memcpy(static_cast<uint8_t*>(commit_tables_.mapped()) + offsets[c], tables[c].data(),
+                table_bytes);
+    const Stash& stash = queued_commits_[c].stash;
+    for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+      vk::AttnStep step;
+      step.layout = layout_;
+      step.layer = layer;
+      step.cache = CacheViews(layer);
+      step.seqs = seqs[c];
+      step.seq_table = commit_tables_.view(offsets[c], table_bytes);
+      step.k_new = stash.buffer->view(stash.Offset(layer, 0), stash.stride);
+      step.v_new = stash.buffer->view(stash.Offset(layer, 1), stash.stride);
+      DUET_RETURN_IF_ERROR(vk::RecordKvCommit(cl, *kernels_, step));
     }
   }
-  return cl_->Submit();
+  return absl::OkStatus();
+}
+
+absl::Status VulkanEngine::FlushQueuedCommits() {
+  if (queued_commits_.empty()) return absl::OkStatus();
+  if (cl_ == nullptr) ResetCommandList();
+  if (cl_ == nullptr) return absl::InternalError("VulkanEngine: cannot create a command list");
+  if (absl::Status status = RecordQueuedCommits(*cl_); !status.ok()) {
+    ResetCommandList();
+    return status;
+  }
+  DUET_RETURN_IF_ERROR(cl_->Submit());
+  queued_commits_.clear();
+  return absl::OkStatus();
 }
 
 }  // namespace duet

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/engine/engine.h"
+#include "common/kv/kv_payload.h"
 #include "common/model/cpu_forward.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -138,6 +140,53 @@ TEST_P(VerifyCommitTest, CommitNeedsAMatchingVerify) {
   const DecodeItem item{{table, 7, 0}, 3};
   ASSERT_TRUE(engine->DecodeStep({&item, 1}).ok());
   EXPECT_EQ(engine->Commit({table, 7, 0}, 1).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// ExportKv sees a commit as soon as Commit returns, and an import into the committed blocks
+// (freed and handed to another sequence) is not overwritten by the commit afterwards: the
+// Vulkan engine queues a commit until its next call that touches the KV, and these two calls
+// must run it first.
+TEST_P(VerifyCommitTest, ExportSeesACommitAndAnImportIsNotOverwrittenByIt) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 5);
+  ASSERT_NE(file, nullptr);
+  std::unique_ptr<Engine> engine = MakeEngine(backend, file, TestOptions(dtype, 16, 4));
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<int32_t> table_a = BlockRange(0, 4);
+  const std::vector<int32_t> table_b = BlockRange(4, 4);
+  const std::vector<int32_t> table_c = BlockRange(8, 4);
+  const std::vector<int32_t> table_d = BlockRange(12, 4);
+  for (const auto& [table, slot] : {std::pair{&table_a, 0}, std::pair{&table_b, 1}}) {
+    ASSERT_TRUE(engine->Prefill({*table, 0, slot}, Prompt(14, vocab, 2)).ok());
+  }
+  ASSERT_TRUE(engine->Prefill({table_c, 0, 2}, Prompt(17, vocab, 5)).ok());
+  ASSERT_TRUE(engine->Prefill({table_d, 0, 3}, Prompt(3, vocab, 7)).ok());
+  const kv::KvRect rect = kv::FullRect(engine->kv_layout(), 17);
+  absl::StatusOr<std::vector<uint8_t>> from_c = engine->ExportKv({table_c, 0, 2}, 17, rect);
+  ASSERT_TRUE(from_c.ok()) << from_c.status();
+  const DecodeItem other{{table_d, 3, 3}, 1};
+
+  // A commits positions 14..16 (completing block 0, starting block 1) and is exported at once;
+  // a step of another sequence (which runs anything still queued) must not change A's KV.
+  ASSERT_TRUE(engine->Verify({table_a, 14, 0}, {17, 99, 5, 200}).ok());
+  ASSERT_TRUE(engine->Commit({table_a, 14, 0}, 3).ok());
+  absl::StatusOr<std::vector<uint8_t>> first = engine->ExportKv({table_a, 0, 0}, 17, rect);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(engine->DecodeStep({&other, 1}).ok());
+  absl::StatusOr<std::vector<uint8_t>> second = engine->ExportKv({table_a, 0, 0}, 17, rect);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(*first == *second) << "ExportKv ran before the commit it follows";
+
+  // B commits the same way, then its blocks take C's KV: exporting them gives C's bytes.
+  ASSERT_TRUE(engine->Verify({table_b, 14, 1}, {17, 99, 5, 200}).ok());
+  ASSERT_TRUE(engine->Commit({table_b, 14, 1}, 3).ok());
+  ASSERT_TRUE(engine->ImportKv({table_b, 0, 1}, 17, rect, *from_c).ok());
+  ASSERT_TRUE(engine->DecodeStep({&other, 1}).ok());
+  absl::StatusOr<std::vector<uint8_t>> got = engine->ExportKv({table_b, 0, 1}, 17, rect);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(*got == *from_c) << "a commit queued before ImportKv overwrote the import";
 }
 
 // A VerifyBatch of sequences with different draft counts (k = 0 included) in one pass gives
