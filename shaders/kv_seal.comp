@@ -18,6 +18,11 @@
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 1) const uint HEAD_DIM = 64;
 layout(constant_id = 2) const uint BLOCK_SIZE = 16;
+// The workgroup is one subgroup (CPU drivers: one SIMD register): the tile's amax needs no
+// shared memory or barrier, and each lane reads its values twice instead of staging them
+// (llvmpipe runs a workgroup with a barrier as one coroutine per subgroup and reaches shared
+// memory lane by lane).
+layout(constant_id = 3) const bool ONE_SUBGROUP = false;
 layout(local_size_x_id = 0) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer KNew { vec4 k_new[]; };
@@ -42,6 +47,14 @@ const uint MAX_SUBGROUPS = 64u;      // WG <= 64 * subgroup size
 shared vec4 tile[TILE4];
 shared float subgroup_max[MAX_SUBGROUPS];
 
+// Element vec4 e of block b's tile: committed (the f16 tail) or pending (rounded to f16).
+vec4 value_at(uint b, uint e, uint cached, uint q_offset, uint head, uint part, uint tail_tile) {
+  const uint pos = b * BLOCK_SIZE + e / D4;
+  if (pos < cached) return duet_unpack_f16x4(tail[tail_tile + e]);
+  const uint src = ((q_offset + pos - cached) * pc.num_kv_heads + head) * D4 + e % D4;
+  return duet_round_f16x4(part == 0u ? k_new[src] : v_new[src]);
+}
+
 void main() {
   const uint s = gl_WorkGroupID.z >> 1u;
   const uint part = gl_WorkGroupID.z & 1u;
@@ -59,31 +72,27 @@ void main() {
 
   float amax = 0.0;
   for (uint e = tid; e < TILE4; e += WG) {
-    const uint slot = e / D4;
-    const uint pos = b * BLOCK_SIZE + slot;
-    vec4 v;
-    if (pos < cached) {
-      v = duet_unpack_f16x4(tail[tail_tile + e]);
-    } else {
-      const uint src = ((q_offset + pos - cached) * pc.num_kv_heads + head) * D4 + e % D4;
-      v = duet_round_f16x4(part == 0u ? k_new[src] : v_new[src]);
-    }
-    tile[e] = v;
+    const vec4 v = value_at(b, e, cached, q_offset, head, part, tail_tile);
+    if (!ONE_SUBGROUP) tile[e] = v;
     const vec4 a = abs(v);
     amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
   }
   amax = subgroupMax(amax);
-  if (subgroupElect()) subgroup_max[gl_SubgroupID] = amax;
-  barrier();
-  amax = 0.0;
-  for (uint i = 0u; i < gl_NumSubgroups; ++i) amax = max(amax, subgroup_max[i]);
+  if (!ONE_SUBGROUP) {
+    if (subgroupElect()) subgroup_max[gl_SubgroupID] = amax;
+    barrier();
+    amax = 0.0;
+    for (uint i = 0u; i < gl_NumSubgroups; ++i) amax = max(amax, subgroup_max[i]);
+  }
   const float scale = duet_fp8_scale(amax);
   const float inv_scale = duet_div_rn(1.0, scale);
 
   const uint block = seqs[seqs[base + DUET_SEQ_TABLE_OFFSET] + b];
   const uint out_tile = (block * pc.num_kv_heads + head) * TILE4;  // in words of 4 codes
   for (uint e = tid; e < TILE4; e += WG) {
-    const vec4 q = tile[e] * inv_scale;
+    const vec4 q =
+        (ONE_SUBGROUP ? value_at(b, e, cached, q_offset, head, part, tail_tile) : tile[e]) *
+        inv_scale;
     const uint word = duet_f32_to_fp8_e4m3(q.x) | (duet_f32_to_fp8_e4m3(q.y) << 8u) |
                       (duet_f32_to_fp8_e4m3(q.z) << 16u) | (duet_f32_to_fp8_e4m3(q.w) << 24u);
     if (part == 0u) {

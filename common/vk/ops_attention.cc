@@ -364,7 +364,12 @@ absl::Status RecordKvSeal(CommandList& cl, const Kernels& kernels, const AttnSte
                                                    layout.head_dim,
                                                    " tile does not fit in shared memory"));
   }
-  const uint32_t spec[] = {kSealWorkgroup, U32(layout.head_dim), U32(layout.block_size)};
+  // CPU devices: a one-subgroup workgroup, which needs no barrier (kv_seal.comp).
+  const uint32_t subgroup = kernels.device().limits().subgroup_size;
+  const bool one_subgroup =
+      kernels.device().info().type == DeviceType::kCpu && subgroup >= 8 && subgroup <= 64;
+  const uint32_t spec[] = {one_subgroup ? subgroup : kSealWorkgroup, U32(layout.head_dim),
+                           U32(layout.block_size), one_subgroup ? 1u : 0u};
   DUET_ASSIGN_OR_RETURN(const Pipeline* pipeline,
                         kernels.Get<KvSealPush>(KernelId::kKvSealFp8, spec));
   return cl.Dispatch(*pipeline,
