@@ -28,9 +28,11 @@ void main() {
   if (t.tile_pos >= t.end) return;  // uniform per workgroup
   duet_begin_row(t);
   duet_attend(t, 0u, min(t.end, t.tile_pos + Q_POS));
-  if (row_pos < 0) return;
-  const uint out_row = t.q_offset + uint(row_pos) - t.cached;
-  const uint base = (out_row * pc.num_heads + row_head) * D4 + row_lane;
-  const float inv_l = 1.0 / row_l;
-  [[unroll]] for (uint i = 0u; i < DL; ++i) out_[base + i * LANES] = row_acc[i] * inv_l;
+  [[unroll]] for (uint s = 0u; s < RPL; ++s) {
+    if (row_pos[s] < 0) continue;
+    const uint out_row = t.q_offset + uint(row_pos[s]) - t.cached;
+    const uint base = (out_row * pc.num_heads + row_head[s]) * D4 + row_lane;
+    const float inv_l = 1.0 / row_l[s];
+    [[unroll]] for (uint i = 0u; i < DL; ++i) out_[base + i * LANES] = row_acc[s][i] * inv_l;
+  }
 }

@@ -49,19 +49,23 @@ void main() {
   if (part_begin >= keys_end) return;
   duet_begin_row(t);
   duet_attend(t, part_begin, min(part_begin + pc.part_size, keys_end));
-  if (row_pos < 0) return;
-  const uint out_row = t.q_offset + uint(row_pos) - t.cached;
-  if (uint(row_pos) < pc.part_size) {
-    // paged_attn_reduce.comp's sums for a single partition, term for term (m = row_m).
-    const float e = exp(row_m - row_m);
-    const float l = 0.0 + row_l * e;
-    const uint o = (out_row * pc.num_heads + row_head) * D4 + row_lane;
-    [[unroll]] for (uint i = 0u; i < DL; ++i) out_[o + i * LANES] = (vec4(0.0) + row_acc[i] * e) / l;
-    return;
+  [[unroll]] for (uint s = 0u; s < RPL; ++s) {
+    if (row_pos[s] < 0) continue;
+    const uint out_row = t.q_offset + uint(row_pos[s]) - t.cached;
+    if (uint(row_pos[s]) < pc.part_size) {
+      // paged_attn_reduce.comp's sums for a single partition, term for term (m = row_m).
+      const float e = exp(row_m[s] - row_m[s]);
+      const float l = 0.0 + row_l[s] * e;
+      const uint o = (out_row * pc.num_heads + row_head[s]) * D4 + row_lane;
+      [[unroll]] for (uint i = 0u; i < DL; ++i) {
+        out_[o + i * LANES] = (vec4(0.0) + row_acc[s][i] * e) / l;
+      }
+      continue;
+    }
+    const uint at = (out_row * pc.num_heads + row_head[s]) * pc.max_parts + part;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) {
+      partial_acc[at * D4 + row_lane + i * LANES] = row_acc[s][i];
+    }
+    if (row_lane == 0u) partial_ml[at] = vec2(row_m[s], row_l[s]);
   }
-  const uint at = (out_row * pc.num_heads + row_head) * pc.max_parts + part;
-  [[unroll]] for (uint i = 0u; i < DL; ++i) {
-    partial_acc[at * D4 + row_lane + i * LANES] = row_acc[i];
-  }
-  if (row_lane == 0u) partial_ml[at] = vec2(row_m, row_l);
 }

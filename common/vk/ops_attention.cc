@@ -229,7 +229,7 @@ uint64_t SharedBytes(const AttnTiles& t, int64_t head_dim) {
 
 std::vector<uint32_t> SpecConstants(const AttnTiles& t, const KvLayout& layout, int64_t group) {
   return {t.workgroup, U32(layout.head_dim),   t.q_pos,        U32(group),
-          t.keys,      U32(layout.block_size), t.lanes_per_row};
+          t.keys,      U32(layout.block_size), t.lanes_per_row, t.rows_per_lane};
 }
 
 // Query tiles of a sequence for tiles of q_pos positions aligned to absolute positions, or
@@ -300,12 +300,28 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
     const int64_t want = cpu ? std::max<int64_t>(1, subgroup / rows) : 8;
     t.lanes_per_row = FloorPowerOfTwo(std::min<int64_t>({want, d4, subgroup}));
   }
+  if (t.rows_per_lane == 0) {
+    // CPU devices, texel decode with small heads: a tile with more rows than a SIMD register
+    // (a verify's k + 1 positions times the query heads of a KV head) gives each invocation
+    // several rows, so each key is loaded and decoded once per invocation and the workgroup
+    // runs in one pass instead of several. Larger heads keep one row (their per-row state
+    // already fills the registers).
+    t.rows_per_lane = 1;
+    const int64_t lanes = int64_t{t.q_pos} * group * t.lanes_per_row;
+    if (cpu && decode && !staged && d4 <= 4 && lanes > subgroup) {
+      t.rows_per_lane = U32(std::min<int64_t>(4, (lanes + subgroup - 1) / subgroup));
+    }
+  }
   if (requested.q_pos == 0) {
-    while (t.q_pos > 1 && int64_t{t.q_pos} * group * t.lanes_per_row > max_wg) t.q_pos /= 2;
+    while (t.q_pos > 1 &&
+           int64_t{t.q_pos} * group * t.lanes_per_row > max_wg * int64_t{t.rows_per_lane}) {
+      t.q_pos /= 2;
+    }
   }
   const int64_t quantum = std::max<int64_t>(8, subgroup);
   const auto fit_workgroup = [&] {
-    const int64_t lanes = int64_t{t.q_pos} * group * t.lanes_per_row;
+    const int64_t rpl = std::max<int64_t>(1, t.rows_per_lane);
+    const int64_t lanes = (int64_t{t.q_pos} * group * t.lanes_per_row + rpl - 1) / rpl;
     if (requested.workgroup == 0) t.workgroup = U32((lanes + quantum - 1) / quantum * quantum);
   };
   fit_workgroup();
@@ -324,7 +340,10 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
   std::string problem;
   if (!IsPowerOfTwo(t.lanes_per_row) || t.lanes_per_row > subgroup || d4 % t.lanes_per_row != 0) {
     problem = "lanes_per_row must be a power of two <= the subgroup size dividing head_dim / 4";
-  } else if (t.workgroup < lanes || t.workgroup % t.lanes_per_row != 0) {
+  } else if (t.rows_per_lane == 0 || t.rows_per_lane > 4 || (staged && t.rows_per_lane != 1)) {
+    problem = "rows_per_lane must be 1 (storage reads) or 1..4 (texel reads)";
+  } else if (int64_t{t.workgroup} * t.rows_per_lane < lanes ||
+             t.workgroup % t.lanes_per_row != 0) {
     problem = "workgroup must be a multiple of lanes_per_row and hold q_pos * group rows";
   } else if (t.keys == 0) {
     problem = "keys must be positive";
@@ -343,7 +362,8 @@ absl::StatusOr<AttnTiles> ResolveAttnTiles(const Device& device, const KvLayout&
   if (!problem.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         kOp, ": ", problem, " (workgroup ", t.workgroup, ", q_pos ", t.q_pos, ", keys ", t.keys,
-        ", lanes_per_row ", t.lanes_per_row, ", head_dim ", d, ", group ", group, ")"));
+        ", lanes_per_row ", t.lanes_per_row, ", rows_per_lane ", t.rows_per_lane, ", head_dim ",
+        d, ", group ", group, ")"));
   }
   return t;
 }

@@ -78,10 +78,12 @@ enum class AttnReads : uint32_t { kDefault = 0, kStorage, kTexel };
 // device: GPUs get 8 lanes per row; CPU devices (lavapipe: 8-lane SIMD subgroups) one lane per
 // row when a tile has enough rows to fill the SIMD width, else as many as fill it.
 struct AttnTiles {
-  uint32_t workgroup = 0;      // invocations, >= q_pos * group * lanes_per_row
+  uint32_t workgroup = 0;      // invocations, >= q_pos * group * lanes_per_row / rows_per_lane
   uint32_t q_pos = 0;          // query positions per tile (rows = q_pos * group)
   uint32_t keys = 0;           // keys per K/V tile (BC)
   uint32_t lanes_per_row = 0;  // invocations sharing a row (splitting head_dim)
+  // Rows each invocation holds (texel reads only: it loads each key once for all of them).
+  uint32_t rows_per_lane = 0;
   AttnReads reads = AttnReads::kDefault;  // kDefault: texel on CPU devices, storage elsewhere
 };
 

@@ -36,8 +36,8 @@
 // with lanes masked off and loads storage buffers and shared memory lane by lane, so this path
 // gives each common tile source a loop with no other load path in it.
 //
-// REQUIRES (host): WG >= Q_POS * GROUP * LANES, WG % LANES == 0, LANES a power of two
-// <= the subgroup size dividing HEAD_DIM / 4.
+// REQUIRES (host): WG * RPL >= Q_POS * GROUP * LANES, WG % LANES == 0, LANES a power of two
+// <= the subgroup size dividing HEAD_DIM / 4; RPL == 1 unless ATTN_TEXEL.
 //
 // The including shader declares push constants `pc` with at least num_heads, num_kv_heads,
 // layer, num_layers (uint) and scale (float, 1/sqrt(head_dim)), and its outputs (bindings 9+).
@@ -54,11 +54,17 @@ layout(constant_id = 3) const uint GROUP = 1;    // query heads per KV head
 layout(constant_id = 4) const uint BC = 16;      // keys per tile
 layout(constant_id = 5) const uint BLOCK_SIZE = 16;
 layout(constant_id = 6) const uint LANES = 1;    // invocations per row
+// Rows per invocation (ATTN_TEXEL only; 1 on the staged path): an invocation holding several
+// rows loads and decodes each key once for all of them, and a tile with more rows than one
+// SIMD register holds no longer runs the workgroup in several passes.
+layout(constant_id = 7) const uint RPL = 1;
 layout(local_size_x_id = 0) in;
 
 const uint D4 = HEAD_DIM / 4u;
 const uint DL = D4 / LANES;   // vec4s of a row per lane
 const uint R = Q_POS * GROUP; // rows per tile
+const uint SLOTS = WG / LANES; // rows per pass of the workgroup: row slot s of invocation tid
+                               // is row tid / LANES + s * SLOTS
 
 // Masked scores and the initial running max. Finite, so no inf arithmetic is needed.
 const float kNeg = -1.0e30;
@@ -71,6 +77,11 @@ vec4 duet_fp8x4_to_vec4(uint word) {
 }
 
 #if defined(ATTN_TEXEL)
+// Component c of w. A dynamic index into a vector makes llvmpipe spill the vector to the stack
+// and reload it lane by lane; selects stay in registers.
+uint duet_component(uvec4 w, uint c) {
+  return c == 0u ? w.x : (c == 1u ? w.y : (c == 2u ? w.z : w.w));
+}
 // Uniform texel buffers (RGBA32F / RGBA32UI views of the same bytes): on lavapipe a texel fetch
 // costs a fraction of a storage-buffer load, and each invocation reads K and V straight from
 // them, with no staging through shared memory (which llvmpipe accesses lane by lane).
@@ -119,14 +130,16 @@ vec4 duet_texel_vec4(uvec4 w, uint c, float scale) {
 uint duet_cache_at(uint part, uint i) {
   const uvec4 t = part == 0u ? texelFetch(k_cache_tex, int(i >> 2u))
                              : texelFetch(v_cache_tex, int(i >> 2u));
-  return t[i & 3u];
+  return duet_component(t, i & 3u);
 }
 // Four words (16 codes) at a multiple of 4; word c of them as f32 times the block's scale.
 const uint VEC4S_PER_TEXEL = 4u;
 uvec4 duet_cache_at4(uint part, uint i) {
   return part == 0u ? texelFetch(k_cache_tex, int(i >> 2u)) : texelFetch(v_cache_tex, int(i >> 2u));
 }
-vec4 duet_texel_vec4(uvec4 w, uint c, float scale) { return duet_fp8x4_to_vec4(w[c]) * scale; }
+vec4 duet_texel_vec4(uvec4 w, uint c, float scale) {
+  return duet_fp8x4_to_vec4(duet_component(w, c)) * scale;
+}
 #endif
 #else
 layout(std430, set = 0, binding = 0) readonly buffer Q { vec4 q_in[]; };
@@ -164,6 +177,18 @@ shared vec4 v_tile[BC * D4];
 shared float p_tile[BC * WG];
 #endif
 
+// The sum of v over the LANES invocations of a row (halving butterfly). The loop has a constant
+// trip count (LANES <= 32): a halving loop has none that the compiler derives, stays a loop, and
+// makes every row-state access in a loop around it indirect (on lavapipe a per-lane round trip
+// through scratch memory).
+float duet_row_sum(float v) {
+  [[unroll]] for (uint i = 1u; i <= 5u; ++i) {
+    const uint o = LANES >> i;
+    if (o > 0u) v += subgroupShuffleXor(v, o);
+  }
+  return v;
+}
+
 // The sequence and tile a workgroup works on.
 struct AttnTile {
   uint q_offset;  // batch row of the sequence's first pending position
@@ -194,13 +219,14 @@ AttnTile duet_load_tile(uint s, uint kv_head, uint tile_index) {
 
 // This invocation's row: its query, running state and output accumulator (private globals:
 // arrays sized by specialization constants cannot live in structs that are copied).
-int row_pos;       // position, -1 for lanes without a row in the step
-uint row_head;     // query head
-uint row_lane;     // 0..LANES-1: which vec4s of the row this invocation holds
-float row_m;       // running max of the scores
-float row_l;       // running sum of exp(score - m)
-vec4 row_q[DL];    // row_q[i] = query vec4 (lane + i * LANES), pre-scaled by pc.scale
-vec4 row_acc[DL];  // sum of p * v over the keys so far, same vec4s
+// Indexed by the row slot s < RPL (see SLOTS).
+int row_pos[RPL];       // position, -1 for slots without a row in the step
+uint row_head[RPL];     // query head
+uint row_lane;          // 0..LANES-1: which vec4s of its rows this invocation holds
+float row_m[RPL];       // running max of the scores
+float row_l[RPL];       // running sum of exp(score - m)
+vec4 row_q[RPL][DL];    // row_q[s][i] = query vec4 (lane + i * LANES), pre-scaled by pc.scale
+vec4 row_acc[RPL][DL];  // sum of p * v over the keys so far, same vec4s
 
 // Vec4 `at` of the layer's K (part 0) or V (part 1) data as f32; `scale` is the block's FP8
 // scale (ignored for F32 / F16).
@@ -274,21 +300,26 @@ vec4 duet_load_kv(AttnTile t, uint part, uint key, uint d4, uint own_block) {
 
 void duet_begin_row(AttnTile t) {
   const uint tid = gl_LocalInvocationID.x;
-  const uint r = tid / LANES;
   row_lane = tid % LANES;
-  const uint pos = t.tile_pos + r / GROUP;
-  const bool valid = r < R && pos >= t.cached && pos < t.end;
-  row_pos = valid ? int(pos) : -1;
-  row_head = t.kv_head * GROUP + r % GROUP;
-  row_m = kNeg;
-  row_l = 0.0;
-  [[unroll]] for (uint i = 0u; i < DL; ++i) {
-    row_q[i] = vec4(0.0);
-    row_acc[i] = vec4(0.0);
-  }
-  if (valid) {
-    const uint base = ((t.q_offset + pos - t.cached) * pc.num_heads + row_head) * D4 + row_lane;
-    [[unroll]] for (uint i = 0u; i < DL; ++i) row_q[i] = duet_q_at(base + i * LANES) * pc.scale;
+  [[unroll]] for (uint s = 0u; s < RPL; ++s) {
+    const uint r = tid / LANES + s * SLOTS;
+    const uint pos = t.tile_pos + r / GROUP;
+    const bool valid = r < R && pos >= t.cached && pos < t.end;
+    row_pos[s] = valid ? int(pos) : -1;
+    row_head[s] = t.kv_head * GROUP + r % GROUP;
+    row_m[s] = kNeg;
+    row_l[s] = 0.0;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) {
+      row_q[s][i] = vec4(0.0);
+      row_acc[s][i] = vec4(0.0);
+    }
+    if (valid) {
+      const uint base =
+          ((t.q_offset + pos - t.cached) * pc.num_heads + row_head[s]) * D4 + row_lane;
+      [[unroll]] for (uint i = 0u; i < DL; ++i) {
+        row_q[s][i] = duet_q_at(base + i * LANES) * pc.scale;
+      }
+    }
   }
 }
 
@@ -349,7 +380,7 @@ void duet_stage_tile(AttnTile t, uint source, uint k0, uint key_begin, uint key_
 }
 
 // Folds keys [key_begin, key_end) into the row's running state (each row also masks keys after
-// its own position).
+// its own position). RPL == 1 here.
 void duet_attend(AttnTile t, uint key_begin, uint key_end) {
   const uint tid = gl_LocalInvocationID.x;
   for (uint k0 = key_begin / BC * BC; k0 < key_end; k0 += BC) {
@@ -357,32 +388,32 @@ void duet_attend(AttnTile t, uint key_begin, uint key_end) {
     duet_stage_tile(t, source, k0, key_begin, key_end);
     barrier();
     // Scores of the tile's keys (masked: kNeg) and their max.
-    float m_new = row_m;
+    float m_new = row_m[0];
     for (uint j = 0u; j < BC; ++j) {
       const uint key = k0 + j;
       float dot_qk = 0.0;
       [[unroll]] for (uint i = 0u; i < DL; ++i) {
-        dot_qk += dot(row_q[i], k_tile[j * D4 + row_lane + i * LANES]);
+        dot_qk += dot(row_q[0][i], k_tile[j * D4 + row_lane + i * LANES]);
       }
-      for (uint o = LANES / 2u; o > 0u; o /= 2u) dot_qk += subgroupShuffleXor(dot_qk, o);
-      const bool visible = key >= key_begin && key < key_end && int(key) <= row_pos;
+      dot_qk = duet_row_sum(dot_qk);
+      const bool visible = key >= key_begin && key < key_end && int(key) <= row_pos[0];
       const float s = visible ? dot_qk : kNeg;
       p_tile[j * WG + tid] = s;
       m_new = max(m_new, s);
     }
     // Rescale the running state to the new max, then add this tile's p * V.
-    const float alpha = row_m <= kNegHalf ? 0.0 : exp(row_m - m_new);
-    row_l *= alpha;
-    [[unroll]] for (uint i = 0u; i < DL; ++i) row_acc[i] *= alpha;
+    const float alpha = row_m[0] <= kNegHalf ? 0.0 : exp(row_m[0] - m_new);
+    row_l[0] *= alpha;
+    [[unroll]] for (uint i = 0u; i < DL; ++i) row_acc[0][i] *= alpha;
     for (uint j = 0u; j < BC; ++j) {
       const float s = p_tile[j * WG + tid];
       const float p = s <= kNegHalf ? 0.0 : exp(s - m_new);
-      row_l += p;
+      row_l[0] += p;
       [[unroll]] for (uint i = 0u; i < DL; ++i) {
-        row_acc[i] += p * v_tile[j * D4 + row_lane + i * LANES];
+        row_acc[0][i] += p * v_tile[j * D4 + row_lane + i * LANES];
       }
     }
-    row_m = m_new;
+    row_m[0] = m_new;
     barrier();
   }
 }
@@ -428,39 +459,43 @@ void duet_load_pending_row(AttnTile t, uint part, uint key) {
   [[unroll]] for (uint i = 0u; i < DL; ++i) kv_row[i] = duet_load_pending(t, part, key, row_lane + i * LANES);
 }
 
-// Fills kv_row with K or V of any key, by the rules in the file comment, as the row's own query
+// Fills kv_row with K or V of any key, by the rules in the file comment, as row slot s's query
 // sees it (a tile that starts at num_cached may hold rows of two blocks).
-void duet_load_any_row(AttnTile t, uint part, uint key) {
-  const uint own_block = uint(max(row_pos, int(t.tile_pos))) / BLOCK_SIZE;
+void duet_load_any_row(AttnTile t, uint part, uint key, uint s) {
+  const uint own_block = uint(max(row_pos[s], int(t.tile_pos))) / BLOCK_SIZE;
   [[unroll]] for (uint i = 0u; i < DL; ++i) {
     kv_row[i] = duet_load_kv(t, part, key, row_lane + i * LANES, own_block);
   }
 }
 
-// Folds one key, whose K is in kv_row, into the row's running state; returns p and sets alpha
-// for the V half of the update (duet_fold_v).
-float fold_alpha;
-float duet_fold_k(uint key) {
+// Folds one key, whose K is in kv_row, into row slot s's running state; sets fold_p[s] and
+// fold_alpha[s] for the V half of the update (duet_fold_v).
+float fold_p[RPL];
+float fold_alpha[RPL];
+void duet_fold_k(uint s, uint key) {
   float dot_qk = 0.0;
-  [[unroll]] for (uint i = 0u; i < DL; ++i) dot_qk += dot(row_q[i], kv_row[i]);
-  for (uint o = LANES / 2u; o > 0u; o /= 2u) dot_qk += subgroupShuffleXor(dot_qk, o);
-  const bool visible = int(key) <= row_pos;
-  const float m_new = visible ? max(row_m, dot_qk) : row_m;
-  fold_alpha = exp(row_m - m_new);  // 1 when the max holds; 0 after the initial kNeg
-  const float p = visible ? exp(dot_qk - m_new) : 0.0;
-  row_l = row_l * fold_alpha + p;
-  row_m = m_new;
-  return p;
+  [[unroll]] for (uint i = 0u; i < DL; ++i) dot_qk += dot(row_q[s][i], kv_row[i]);
+  dot_qk = duet_row_sum(dot_qk);
+  const bool visible = int(key) <= row_pos[s];
+  const float m_new = visible ? max(row_m[s], dot_qk) : row_m[s];
+  fold_alpha[s] = exp(row_m[s] - m_new);  // 1 when the max holds; 0 after the initial kNeg
+  fold_p[s] = visible ? exp(dot_qk - m_new) : 0.0;
+  row_l[s] = row_l[s] * fold_alpha[s] + fold_p[s];
+  row_m[s] = m_new;
 }
 
-void duet_fold_v(float p) {
-  [[unroll]] for (uint i = 0u; i < DL; ++i) row_acc[i] = row_acc[i] * fold_alpha + p * kv_row[i];
+void duet_fold_v(uint s) {
+  [[unroll]] for (uint i = 0u; i < DL; ++i) {
+    row_acc[s][i] = row_acc[s][i] * fold_alpha[s] + fold_p[s] * kv_row[i];
+  }
 }
 
-// Folds keys [key_begin, key_end) into the row's running state one key at a time (each row also
+// Folds keys [key_begin, key_end) into the rows' running state one key at a time (each row also
 // masks keys after its own position): the online-softmax update per key needs no score array.
 // On a CPU driver both sides of a branch may run with lanes masked off, so the common case (a
-// tile inside one pool block) has a loop of its own with no other load path inside.
+// tile inside one pool block) has a loop of its own with no other load path inside. Pool and
+// pending keys are loaded once for all of an invocation's rows; a mixed tile loads per row (its
+// rows may sit in different blocks).
 void duet_attend(AttnTile t, uint key_begin, uint key_end) {
   for (uint k0 = key_begin / BC * BC; k0 < key_end; k0 += BC) {
     const uint source = duet_tile_source(t, k0, key_begin, key_end);
@@ -470,23 +505,25 @@ void duet_attend(AttnTile t, uint key_begin, uint key_end) {
       const BlockTile b = duet_block_tile(t, k0);
       for (uint j = j_begin; j < j_end; ++j) {
         duet_load_block_row(b.first, b.k_scale, 0u, j);
-        const float p = duet_fold_k(k0 + j);
+        [[unroll]] for (uint s = 0u; s < RPL; ++s) duet_fold_k(s, k0 + j);
         duet_load_block_row(b.first, b.v_scale, 1u, j);
-        duet_fold_v(p);
+        [[unroll]] for (uint s = 0u; s < RPL; ++s) duet_fold_v(s);
       }
     } else if (source == kFromPending) {
       for (uint j = j_begin; j < j_end; ++j) {
         duet_load_pending_row(t, 0u, k0 + j);
-        const float p = duet_fold_k(k0 + j);
+        [[unroll]] for (uint s = 0u; s < RPL; ++s) duet_fold_k(s, k0 + j);
         duet_load_pending_row(t, 1u, k0 + j);
-        duet_fold_v(p);
+        [[unroll]] for (uint s = 0u; s < RPL; ++s) duet_fold_v(s);
       }
     } else {
       for (uint j = j_begin; j < j_end; ++j) {
-        duet_load_any_row(t, 0u, k0 + j);
-        const float p = duet_fold_k(k0 + j);
-        duet_load_any_row(t, 1u, k0 + j);
-        duet_fold_v(p);
+        [[unroll]] for (uint s = 0u; s < RPL; ++s) {
+          duet_load_any_row(t, 0u, k0 + j, s);
+          duet_fold_k(s, k0 + j);
+          duet_load_any_row(t, 1u, k0 + j, s);
+          duet_fold_v(s);
+        }
       }
     }
   }

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -292,6 +293,22 @@ std::vector<AttnCase> Cases() {
       both.push_back(c);
     }
   }
+  // Several rows per invocation (texel reads only): odd and full slot counts, spare slots in the
+  // last invocations, with one and two lanes per row, decode and prefill.
+  const auto texel = [](uint32_t lanes_per_row, uint32_t rows_per_lane) {
+    return AttnTiles{0, 0, 0, lanes_per_row, rows_per_lane, AttnReads::kTexel};
+  };
+  AttnCase rows3{CacheDtype::kFp8E4M3, 8, 4, 2, Kernel::kDecode, {{14, 5}, {126, 5}, {0, 3}},
+                 texel(0, 3)};
+  rows3.accepted = 3;
+  both.push_back(rows3);
+  AttnCase rows4{CacheDtype::kF16, 16, 2, 2, Kernel::kDecode, {{14, 5}, {30, 5}, {200, 5}},
+                 texel(0, 4)};
+  rows4.accepted = 2;
+  both.push_back(rows4);
+  both.push_back(
+      {CacheDtype::kFp8E4M3, 16, 2, 2, Kernel::kDecode, {{30, 5}, {3, 2}}, texel(2, 2)});
+  both.push_back({CacheDtype::kF32, 16, 1, 4, Kernel::kPrefill, {{0, 45}, {7, 20}}, texel(0, 2)});
   return both;
 }
 
@@ -299,7 +316,9 @@ std::string CaseName(const ::testing::TestParamInfo<AttnCase>& info) {
   const AttnCase& c = info.param;
   return absl::StrCat(info.index, "_", c.kernel == Kernel::kPrefill ? "prefill" : "decode", "_",
                       DtypeName(c.dtype), "_d", c.head_dim, "_g", c.group,
-                      c.tiles.reads == AttnReads::kTexel ? "_texel" : "_storage");
+                      c.tiles.reads == AttnReads::kTexel ? "_texel" : "_storage",
+                      c.tiles.rows_per_lane > 1 ? absl::StrCat("_rows", c.tiles.rows_per_lane)
+                                                : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, AttentionCaseTest, ::testing::ValuesIn(Cases()), CaseName);
@@ -391,6 +410,34 @@ TEST_F(AttentionTest, TexelKeyTilesLieInOneBlock) {
       EXPECT_EQ(ResolveAttnTiles(device(), layout_, 8, decode, 5, storage)->keys, 32u);
     }
   }
+}
+
+// CPU devices give each invocation several rows when a texel decode tile of small heads has more
+// rows than the SIMD width (stories260K's verify: 5 positions x GQA 2); storage reads and GPUs
+// keep one row per invocation, and bad row counts are rejected.
+TEST_F(AttentionTest, RowsPerLaneFollowTheTile) {
+  Build({CacheDtype::kFp8E4M3, 8, 4, 2, Kernel::kDecode, {{20, 5}}});
+  const bool cpu = device().info().type == DeviceType::kCpu;
+  const absl::StatusOr<AttnTiles> verify = ResolveAttnTiles(device(), layout_, 8, true, 5, {});
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  if (cpu && device().limits().subgroup_size == 8) {
+    EXPECT_EQ(verify->rows_per_lane, 2u);
+  } else if (!cpu) {
+    EXPECT_EQ(verify->rows_per_lane, 1u);
+  }
+  EXPECT_GE(int64_t{verify->workgroup} * verify->rows_per_lane,
+            int64_t{verify->q_pos} * 2 * verify->lanes_per_row);
+  EXPECT_EQ(ResolveAttnTiles(device(), layout_, 8, true, 1, {})->rows_per_lane, 1u)
+      << "one query position fits the SIMD width";
+  AttnTiles storage;
+  storage.reads = AttnReads::kStorage;
+  EXPECT_EQ(ResolveAttnTiles(device(), layout_, 8, true, 5, storage)->rows_per_lane, 1u);
+  storage.rows_per_lane = 2;
+  const absl::StatusOr<AttnTiles> bad = ResolveAttnTiles(device(), layout_, 8, true, 5, storage);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("rows_per_lane"), std::string::npos) << bad.status();
+  AttnTiles five{0, 0, 0, 0, 5, AttnReads::kTexel};
+  EXPECT_FALSE(ResolveAttnTiles(device(), layout_, 8, true, 5, five).ok());
 }
 
 TEST_F(AttentionTest, RejectsBadArguments) {
