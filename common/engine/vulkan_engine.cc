@@ -318,9 +318,34 @@ absl::StatusOr<VulkanEngine::Stash> VulkanEngine::NewStash(int64_t rows) {
       std::max<uint64_t>(256, device_->limits().min_storage_buffer_offset_alignment);
   Stash stash;
   stash.stride = RoundUp(U64(rows * config_.kv_dim()) * 4, align);
-  DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(U64(config_.num_layers) * 2 * stash.stride,
-                                                     vk::MemoryKind::kDevice));
+  const uint64_t bytes = U64(config_.num_layers) * 2 * stash.stride;
+  // A free pooled buffer (only the pool holds it) that fits; the smallest such.
+  std::shared_ptr<vk::Buffer>* best = nullptr;
+  for (std::shared_ptr<vk::Buffer>& b : stash_pool_) {
+    if (b.use_count() == 1 && b->size() >= bytes && (best == nullptr || b->size() < (*best)->size())) {
+      best = &b;
+    }
+  }
+  if (best != nullptr) {
+    stash.buffer = *best;
+    return stash;
+  }
+  // Room for a verify of a few more rows than this one, so a growing draft reuses it.
+  DUET_ASSIGN_OR_RETURN(vk::Buffer buffer, NewBuffer(bytes + bytes / 2, vk::MemoryKind::kDevice));
   stash.buffer = std::make_shared<vk::Buffer>(std::move(buffer));
+  // Replace the smallest free buffer once the pool is full (a busy one is never dropped here:
+  // its holder keeps it alive and it simply leaves the pool).
+  constexpr size_t kMaxPooledStashes = 4;
+  if (stash_pool_.size() < kMaxPooledStashes) {
+    stash_pool_.push_back(stash.buffer);
+  } else {
+    auto victim = std::min_element(stash_pool_.begin(), stash_pool_.end(),
+                                   [](const auto& a, const auto& b) {
+                                     const bool fa = a.use_count() == 1, fb = b.use_count() == 1;
+                                     return fa != fb ? fa : a->size() < b->size();
+                                   });
+    *victim = stash.buffer;
+  }
   return stash;
 }
 

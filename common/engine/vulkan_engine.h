@@ -236,7 +236,9 @@ class VulkanEngine final : public Engine {
   // one is non-null; payload_bytes long).
   absl::Status TransferKv(absl::Span<const KvCopy> copies, const uint8_t* from_host,
                           uint8_t* to_host, uint64_t payload_bytes);
-  // A stash for `rows` K/V rows per layer and part.
+  // A stash for `rows` K/V rows per layer and part: a pooled buffer nothing else holds (no
+  // pending verify, no queued commit, and every submission is waited for) when one is large
+  // enough, else a new one.
   absl::StatusOr<Stash> NewStash(int64_t rows);
   vk::KvLayerViews CacheViews(int64_t layer) const;
   absl::StatusOr<std::vector<float>> DecodeLogits(absl::Span<const DecodeItem> batch, bool greedy,
@@ -261,6 +263,9 @@ class VulkanEngine final : public Engine {
   Activations act_;
   engine_internal::PendingVerifies<Stash> verifies_;
   std::vector<QueuedCommit> queued_commits_;
+  // Stash buffers kept for reuse (a speculative step needs one and its commit, queued into the
+  // next step, still holds the previous one: two alternate). At most kMaxPooledStashes.
+  std::vector<std::shared_ptr<vk::Buffer>> stash_pool_;
   vk::Buffer commit_tables_;  // kUpload: the queued commits' sequence tables, back to back
   engine_internal::ObserverGate gate_;
   vk::Buffer order_marker_;    // target of the no-op fills that open layer groups

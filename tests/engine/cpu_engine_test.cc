@@ -281,6 +281,60 @@ TEST_P(VerifyCommitTest, BatchedVerifyAndCommitEqualDecodingEachSequence) {
   }
 }
 
+// A Verify left pending keeps its rows while other sequences verify and commit many times (the
+// Vulkan engine reuses the buffers that hold verified rows; one still pending is never handed
+// out): committing it afterwards equals decoding its tokens one by one.
+TEST_P(VerifyCommitTest, APendingVerifyKeepsItsRowsWhileOthersVerifyAndCommit) {
+  const auto& [backend, dtype] = GetParam();
+  if (backend == "vulkan" && !HaveVulkan()) GTEST_SKIP() << "no Vulkan device";
+  std::shared_ptr<const GgufFile> file = SyntheticFile(TinyShape(), GgmlType::kQ8_0, 11);
+  ASSERT_NE(file, nullptr);
+  std::unique_ptr<Engine> engine = MakeEngine(backend, file, TestOptions(dtype, 16, 3));
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  const std::vector<int32_t> table_a = BlockRange(0, 4);
+  const std::vector<int32_t> twin = BlockRange(4, 4);
+  const std::vector<int32_t> table_b = BlockRange(8, 4);
+  const std::vector<int32_t> prompt = Prompt(14, vocab, 3);
+  ASSERT_TRUE(engine->Prefill({table_a, 0, 0}, prompt).ok());
+  ASSERT_TRUE(engine->Prefill({twin, 0, 1}, prompt).ok());
+  ASSERT_TRUE(engine->Prefill({table_b, 0, 2}, Prompt(9, vocab, 4)).ok());
+
+  const std::vector<int32_t> a_tokens = {21, 8, 133, 60};
+  ASSERT_TRUE(engine->Verify({table_a, 14, 0}, a_tokens).ok());
+  // B verifies 1 to 6 rows (smaller and larger than A's 4) and commits some, 8 times.
+  int64_t b_pos = 9;
+  for (int64_t round = 0; round < 8; ++round) {
+    std::vector<int32_t> b_tokens;
+    for (int64_t j = 0; j <= (round * 5) % 6; ++j) {
+      b_tokens.push_back(static_cast<int32_t>((round * 31 + j * 7 + 2) % vocab));
+    }
+    ASSERT_TRUE(engine->Verify({table_b, b_pos, 2}, b_tokens).ok()) << "round " << round;
+    const int64_t accept = 1 + round % static_cast<int64_t>(b_tokens.size());
+    ASSERT_TRUE(engine->Commit({table_b, b_pos, 2}, accept).ok()) << "round " << round;
+    b_pos += accept;
+  }
+  ASSERT_LE(b_pos, 64);
+  ASSERT_TRUE(engine->Commit({table_a, 14, 0}, 3).ok());
+  for (int64_t i = 0; i < 3; ++i) {
+    const DecodeItem item{{twin, 14 + i, 1}, a_tokens[static_cast<size_t>(i)]};
+    ASSERT_TRUE(engine->DecodeStep({&item, 1}).ok());
+  }
+  for (int64_t pos = 17; pos < 20; ++pos) {
+    const int32_t token = static_cast<int32_t>((pos * 13 + 1) % vocab);
+    const DecodeItem items[] = {{{table_a, pos, 0}, token}, {{twin, pos, 1}, token}};
+    absl::StatusOr<std::vector<float>> rows = engine->DecodeStep(items);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    const std::vector<float> a(rows->begin(), rows->begin() + vocab);
+    const std::vector<float> b(rows->begin() + vocab, rows->end());
+    if (backend == "cpu") {
+      EXPECT_EQ(a, b) << "position " << pos;
+    } else {
+      EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "position " << pos;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, VerifyCommitTest,
                          ::testing::Combine(::testing::Values("cpu", "vulkan"),
                                             ::testing::Values(kv::CacheDtype::kF32,
