@@ -62,6 +62,28 @@ TEST(CpuEngineTest, F32CacheEqualsCpuModelBitForBit) {
   }
 }
 
+// Decodes the same tokens on sequences `a` and `b` (one step for both) at positions [from, to)
+// and expects the same logits: bit for bit on the CPU, within the Vulkan tolerance otherwise.
+void ExpectSameContinuation(Engine& engine, const std::string& backend,
+                            const std::vector<int32_t>& table_a, int32_t slot_a,
+                            const std::vector<int32_t>& table_b, int32_t slot_b, int64_t from,
+                            int64_t to) {
+  const int64_t vocab = engine.config().vocab_size;
+  for (int64_t pos = from; pos < to; ++pos) {
+    const int32_t token = static_cast<int32_t>(pos * 7 % vocab);
+    const DecodeItem items[] = {{{table_a, pos, slot_a}, token}, {{table_b, pos, slot_b}, token}};
+    absl::StatusOr<std::vector<float>> rows = engine.DecodeStep(items);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    const std::vector<float> a(rows->begin(), rows->begin() + vocab);
+    const std::vector<float> b(rows->begin() + vocab, rows->end());
+    if (backend == "cpu") {
+      EXPECT_EQ(a, b) << "position " << pos;
+    } else {
+      EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "position " << pos;
+    }
+  }
+}
+
 // Verify(k drafts) then Commit(a) leaves the cache as if the a tokens had been decoded one by
 // one: later steps see the same keys. On the CPU this holds bit for bit for every dtype.
 class VerifyCommitTest : public ::testing::TestWithParam<std::tuple<std::string, kv::CacheDtype>> {
@@ -102,19 +124,7 @@ TEST_P(VerifyCommitTest, CommittingAPrefixEqualsDecodingIt) {
 
   // Accept 3 (positions 14, 15, 16: completes block 0), then both continue identically.
   EXPECT_EQ(engine->Commit({table_a, 14, 0}, 3).code(), absl::StatusCode::kOk);
-  for (int64_t pos = 17; pos < 21; ++pos) {
-    const int32_t token = static_cast<int32_t>(pos * 7 % vocab);
-    const DecodeItem items[] = {{{table_a, pos, 0}, token}, {{table_b, pos, 1}, token}};
-    absl::StatusOr<std::vector<float>> rows = engine->DecodeStep(items);
-    ASSERT_TRUE(rows.ok()) << rows.status();
-    const std::vector<float> a(rows->begin(), rows->begin() + vocab);
-    const std::vector<float> b(rows->begin() + vocab, rows->end());
-    if (backend == "cpu") {
-      EXPECT_EQ(a, b) << "position " << pos;
-    } else {
-      EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "position " << pos;
-    }
-  }
+  ExpectSameContinuation(*engine, backend, table_a, 0, table_b, 1, 17, 21);
 }
 
 TEST_P(VerifyCommitTest, CommitNeedsAMatchingVerify) {
@@ -320,19 +330,7 @@ TEST_P(VerifyCommitTest, APendingVerifyKeepsItsRowsWhileOthersVerifyAndCommit) {
     const DecodeItem item{{twin, 14 + i, 1}, a_tokens[static_cast<size_t>(i)]};
     ASSERT_TRUE(engine->DecodeStep({&item, 1}).ok());
   }
-  for (int64_t pos = 17; pos < 20; ++pos) {
-    const int32_t token = static_cast<int32_t>((pos * 13 + 1) % vocab);
-    const DecodeItem items[] = {{{table_a, pos, 0}, token}, {{twin, pos, 1}, token}};
-    absl::StatusOr<std::vector<float>> rows = engine->DecodeStep(items);
-    ASSERT_TRUE(rows.ok()) << rows.status();
-    const std::vector<float> a(rows->begin(), rows->begin() + vocab);
-    const std::vector<float> b(rows->begin() + vocab, rows->end());
-    if (backend == "cpu") {
-      EXPECT_EQ(a, b) << "position " << pos;
-    } else {
-      EXPECT_TRUE(LogitsNear(a, b, 2e-2f, 1e-2f)) << "position " << pos;
-    }
-  }
+  ExpectSameContinuation(*engine, backend, table_a, 0, twin, 1, 17, 20);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, VerifyCommitTest,
